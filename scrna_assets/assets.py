@@ -1,0 +1,154 @@
+"""The five assets. Each is a thin wrapper: settings in, one core function, metadata and logs out."""
+
+
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from scrna_assets.core.add_age import add_ages
+from scrna_assets.core.convert import convert_h5ad
+from scrna_assets.core.errors import InputError
+from scrna_assets.core.hgnc import resolve_hgnc_mapping
+from scrna_assets.core.hf_upload import upload_dataset
+from scrna_assets.core.split import split_chunks
+from scrna_assets.inputs import find_dataset_file
+from scrna_assets.io_manager import StagedFolder
+from scrna_assets.layout import DatasetLayout
+from scrna_assets.logs import DatasetLog, StepLog
+from scrna_assets.partitions import datasets_partitions
+from scrna_assets.resources import PipelineSettings
+
+GROUP = "cell_sentences"
+
+
+class ConvertConfig(Config):
+    h5ad_path: str = ""
+    """The input file. Empty: the file in the input folder whose sanitized name is the partition."""
+
+
+def _layout(settings: PipelineSettings) -> DatasetLayout:
+    return DatasetLayout.from_roots(settings.interim_dir, settings.output_dir, settings.log_dir)
+
+
+@contextmanager
+def _dataset_step(settings: PipelineSettings, dataset: str, step: str) -> Iterator[StepLog]:
+    """Log the step to the dataset's log; turn bad input into one clear Dagster failure."""
+    log = DatasetLog(_layout(settings).dataset_log_dir(dataset), dataset)
+    try:
+        with StepLog(log, step) as step_log:
+            yield step_log
+    except InputError as error:
+        raise Failure(description=str(error), allow_retries=False) from error
+    except ValueError as error:
+        raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error
+
+
+@asset(group_name=GROUP, description="Ensembl gene id -> HGNC approved symbol (downloaded, cached, or from --hgnc-file).")
+def hgnc_mapper(context: AssetExecutionContext, settings: PipelineSettings) -> Output[pl.DataFrame]:
+    layout = _layout(settings)
+    mapping, source, warning = resolve_hgnc_mapping(settings.hgnc_file, layout.hgnc_download_cache(), settings.offline)
+    if warning:
+        context.log.warning(warning)
+    return Output(mapping, metadata={"rows": mapping.height, "source": source, "warning": warning or ""})
+
+
+@asset(group_name=GROUP, partitions_def=datasets_partitions, description="Cell sentences and obs columns, one parquet file per chunk of cells.")
+def parquet_chunks(
+    context: AssetExecutionContext, config: ConvertConfig, settings: PipelineSettings, hgnc_mapper: pl.DataFrame
+) -> Output[StagedFolder]:
+    dataset = context.partition_key
+    layout = _layout(settings)
+    with _dataset_step(settings, dataset, "parquet_chunks") as step:
+        source = Path(config.h5ad_path) if config.h5ad_path else find_dataset_file(Path(settings.input_dir), dataset)
+        layout.clear_stale_staging("parquet_chunks", dataset)
+        started = time.perf_counter()
+        with layout.staging("parquet_chunks", dataset) as staging:
+            result = convert_h5ad(
+                source,
+                dataset,
+                staging / "chunks",
+                dict(zip(hgnc_mapper["ensembl_gene_id"], hgnc_mapper["symbol"])),
+                settings.chunk_size,
+                settings.top_genes,
+                settings.compression,
+                settings.matrix,
+            )
+        step.figures.update(
+            source=str(source), cells=result.n_cells, genes=result.n_vars, matrix=result.matrix,
+            matrix_encoding=result.matrix_encoding, chunks=len(result.chunk_files),
+            empty_sentences=result.empty_sentences, seconds=round(time.perf_counter() - started, 3),
+            **result.gene_counts,
+        )
+    metadata = dict(step.figures, source=MetadataValue.path(str(source)))
+    return Output(StagedFolder(staging), metadata=metadata)
+
+
+@asset(group_name=GROUP, partitions_def=datasets_partitions, description="parquet_chunks plus the donor age in years.")
+def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parquet_chunks: Path) -> Output[StagedFolder]:
+    dataset = context.partition_key
+    layout = _layout(settings)
+    with _dataset_step(settings, dataset, "aged_chunks") as step:
+        layout.clear_stale_staging("aged_chunks", dataset)
+        started = time.perf_counter()
+        with layout.staging("aged_chunks", dataset) as staging:
+            result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression, settings.chunk_size)
+        step.figures.update(
+            cells=result.n_cells, cells_with_age=result.with_age, cells_without_age=result.without_age,
+            age_source=result.age_source, distinct_ages=len(result.age_counts),
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        if result.unparsed_labels:
+            step.figures["stages_without_age"] = result.unparsed_labels
+    histogram = "\n".join(["| age (years) | cells |", "|---|---|"] + [f"| {a:g} | {n} |" for a, n in result.age_counts.items()])
+    return Output(StagedFolder(staging), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
+
+
+@asset(group_name=GROUP, partitions_def=datasets_partitions, description="Aged cells split into train/test (or one chunks/ folder with --skip-train-test-split).")
+def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings, aged_chunks: Path) -> Output[StagedFolder]:
+    dataset = context.partition_key
+    layout = _layout(settings)
+    with _dataset_step(settings, dataset, "train_test_splits") as step:
+        layout.clear_stale_staging("train_test_splits", dataset)
+        started = time.perf_counter()
+        with layout.staging("train_test_splits", dataset) as staging:
+            if settings.skip_train_test_split:
+                result = split_chunks(
+                    aged_chunks / "chunks", staging / "chunks", None, 0.0, settings.seed, "auto",
+                    settings.compression, settings.chunk_size,
+                )
+            else:
+                result = split_chunks(
+                    aged_chunks / "chunks", staging / "train" / "chunks", staging / "test" / "chunks",
+                    settings.test_size, settings.seed, settings.split_by, settings.compression, settings.chunk_size,
+                )
+        step.figures.update(
+            split_by=result.mode,
+            train_cells=result.train_cells, test_cells=result.test_cells,
+            test_share=round(result.test_share, 6), cells_without_age_left_out=result.without_age,
+            train_donors=result.train_donors, test_donors=result.test_donors,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+    return Output(StagedFolder(staging), metadata=dict(step.figures))
+
+
+@asset(group_name=GROUP, partitions_def=datasets_partitions, description="The split dataset on the HuggingFace Hub (skipped without --repo-id).")
+def hf_upload(context: AssetExecutionContext, settings: PipelineSettings, train_test_splits: Path) -> Output[dict]:
+    dataset = context.partition_key
+    with _dataset_step(settings, dataset, "hf_upload") as step:
+        if not settings.repo_id:
+            record = {"status": "skipped", "reason": "no repository configured (--repo-id or SCRNA_REPO_ID)"}
+        else:
+            record = upload_dataset(train_test_splits, settings.repo_id, settings.private)
+        step.figures.update(record)
+    return Output(record, metadata=dict(record))

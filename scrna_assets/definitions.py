@@ -1,0 +1,28 @@
+"""The Dagster code location: `dagster dev -m scrna_assets` (settings from SCRNA_* variables)."""
+
+from __future__ import annotations
+
+from dagster import Definitions, in_process_executor
+
+from scrna_assets.assets import aged_chunks, hf_upload, hgnc_mapper, parquet_chunks, train_test_splits
+from scrna_assets.io_manager import DatasetIOManager
+from scrna_assets.jobs import dataset_job, hgnc_job
+from scrna_assets.resources import PipelineSettings
+
+ALL_ASSETS = [hgnc_mapper, parquet_chunks, aged_chunks, train_test_splits, hf_upload]
+
+
+def build_resources(settings: PipelineSettings) -> dict[str, object]:
+    return {"settings": settings, "io_manager": DatasetIOManager(settings=settings)}
+
+
+def build_definitions(settings: PipelineSettings) -> Definitions:
+    return Definitions(
+        assets=ALL_ASSETS,
+        jobs=[dataset_job, hgnc_job],
+        resources=build_resources(settings),
+        executor=in_process_executor,
+    )
+
+
+defs = build_definitions(PipelineSettings.from_env())
