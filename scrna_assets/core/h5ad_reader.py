@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,9 @@ class H5adSource:
         key = "raw/var" if self.matrix_name == "raw.X" else "var"
         if key not in self.file:
             raise InputError(self.path, f"has no {key.replace('/', '.')} table")
-        var = anndata.io.read_elem(self.file[key])
+        with warnings.catch_warnings():  # old-format var (e.g. 10x exports) reads fine; no need to warn
+            warnings.simplefilter("ignore", anndata.OldFormatWarning)
+            var = anndata.io.read_elem(self.file[key])
         if len(var) != self.n_vars:
             raise InputError(
                 self.path, f"{key.replace('/', '.')} has {len(var)} rows but matrix {self.matrix_name} has {self.n_vars} columns"

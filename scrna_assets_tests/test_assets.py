@@ -1,0 +1,194 @@
+"""The five assets end to end through real Dagster runs (in-process executor, SQLite instance)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import anndata
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from scrna_assets.resources import PipelineSettings
+from scrna_assets.runner import PipelineRunner, StepResult
+
+EXAMPLE = "example_cellxgene"
+OUTPUT_COLUMNS = [
+    "cell_id", "dataset", "donor_id", "development_stage_ontology_term_id", "development_stage",
+    "tissue", "sex", "total_counts", "is_primary_data", "cell_sentence", "n_genes", "age",
+]
+
+
+def run(settings: PipelineSettings, instance, dataset: str, path: Path) -> list[StepResult]:
+    runner = PipelineRunner(settings, instance)
+    results = [runner.run_step(1)]
+    return results + runner.run_dataset(dataset, path, lambda step, result: None)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.parquet"))
+    }
+
+
+def test_example_end_to_end(example_files, make_settings, instance) -> None:
+    """Pins every figure of the example run and the output contract."""
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), chunk_size=1000)
+    results = run(settings, instance, EXAMPLE, h5ad)
+    assert [r.success for r in results] == [True] * 5
+    figures = {r.asset: r.figures for r in results}
+    assert figures["hgnc_mapper"]["rows"] == 1160
+    convert = figures["parquet_chunks"]
+    assert (convert["cells"], convert["chunks"], convert["empty_sentences"]) == (3000, 3, 48)
+    assert (convert["genes_mapped_hgnc"], convert["genes_fallback"], convert["genes_dropped"]) == (1160, 39, 9)
+    assert (figures["aged_chunks"]["cells_with_age"], figures["aged_chunks"]["cells_without_age"]) == (2744, 256)
+    split = figures["train_test_splits"]
+    assert (split["split_by"], split["train_cells"], split["test_cells"]) == ("donor", 2599, 145)
+    assert (split["train_donors"], split["test_donors"]) == (34, 2)
+    assert figures["hf_upload"]["status"] == "skipped"
+
+    out = Path(settings.output_dir) / EXAMPLE
+    train = pl.read_parquet(out / "train/chunks")
+    test = pl.read_parquet(out / "test/chunks")
+    assert [p.name for p in sorted((out / "train/chunks").iterdir())] == ["chunk_0000.parquet", "chunk_0001.parquet", "chunk_0002.parquet"]
+    assert train.columns == OUTPUT_COLUMNS
+    assert (train.height, test.height) == (2599, 145)
+    assert set(train["donor_id"]).isdisjoint(set(test["donor_id"]))
+    assert train["age"].null_count() == 0 and test["age"].null_count() == 0
+    assert train.schema["n_genes"] == pl.Int32 and train.schema["age"] == pl.Float64
+    assert (train["dataset"] == EXAMPLE).all()
+    # interim removed after the split (no --keep-interim), logs written
+    interim = Path(settings.interim_dir)
+    assert not (interim / "parquet_chunks" / EXAMPLE).exists() and not (interim / "aged_chunks" / EXAMPLE).exists()
+    log_lines = (Path(settings.log_dir) / EXAMPLE / "pipeline.json").read_text().splitlines()
+    assert len(log_lines) == 9  # start+end of four steps, one cleanup
+
+
+def test_sentences_in_output_match_a_per_cell_computation(example_files, make_settings, instance) -> None:
+    """The published sentence of sampled cells equals a straightforward recomputation."""
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), top_genes=25)
+    assert all(r.success for r in run(settings, instance, EXAMPLE, h5ad))
+    cells = pl.read_parquet(Path(settings.output_dir) / EXAMPLE / "train/chunks")
+    adata = anndata.read_h5ad(h5ad)
+    symbols = dict(pd.read_csv(hgnc, sep="\t")[["ensembl_gene_id", "symbol"]].itertuples(index=False))
+    tokens: list[str | None] = []
+    for ensembl, name in zip(adata.var_names, adata.var["feature_name"]):
+        token = symbols.get(ensembl) or (name if " " not in name else None)
+        tokens.append(None if token in tokens else token)
+    position = {cell: i for i, cell in enumerate(adata.obs_names)}
+    for row in cells.sample(40, seed=1).iter_rows(named=True):
+        values = adata.X[position[row["cell_id"]]].toarray().ravel()
+        genes = [j for j in np.lexsort((np.arange(len(values)), -values)) if values[j] > 0 and tokens[j]]
+        expected = [tokens[j] for j in genes][:25]
+        assert row["cell_sentence"] == " ".join(expected)
+        assert row["n_genes"] == len(expected)
+
+
+def test_same_inputs_give_byte_identical_outputs(example_files, make_settings, instance, tmp_path: Path) -> None:
+    h5ad, hgnc = example_files
+    first = make_settings(hgnc_file=str(hgnc), output_dir=str(tmp_path / "out1"))
+    second = make_settings(hgnc_file=str(hgnc), output_dir=str(tmp_path / "out2"))
+    assert all(r.success for r in run(first, instance, EXAMPLE, h5ad))
+    assert all(r.success for r in run(second, instance, EXAMPLE, h5ad))
+    a, b = digest(tmp_path / "out1" / EXAMPLE), digest(tmp_path / "out2" / EXAMPLE)
+    assert a == b and len(a) == 2
+
+
+def test_rerun_leaves_no_stale_chunks_and_keep_interim(example_files, make_settings, instance) -> None:
+    """A smaller second run must not leave chunk files of the first one behind."""
+    h5ad, hgnc = example_files
+    assert all(r.success for r in run(make_settings(hgnc_file=str(hgnc), chunk_size=500), instance, EXAMPLE, h5ad))
+    settings = make_settings(hgnc_file=str(hgnc), chunk_size=5000, keep_interim=True)
+    assert all(r.success for r in run(settings, instance, EXAMPLE, h5ad))
+    out = Path(settings.output_dir) / EXAMPLE
+    assert [p.name for p in (out / "train/chunks").iterdir()] == ["chunk_0000.parquet"]
+    interim = Path(settings.interim_dir)
+    assert [p.name for p in (interim / "parquet_chunks" / EXAMPLE / "chunks").iterdir()] == ["chunk_0000.parquet"]
+    assert (interim / "aged_chunks" / EXAMPLE / "chunks" / "chunk_0000.parquet").exists()
+
+
+def test_skip_train_test_split_writes_one_chunks_folder(example_files, make_settings, instance) -> None:
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), skip_train_test_split=True)
+    assert all(r.success for r in run(settings, instance, EXAMPLE, h5ad))
+    out = Path(settings.output_dir) / EXAMPLE
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["chunks"]
+    assert pl.read_parquet(out / "chunks").height == 2744
+
+
+def test_bad_input_fails_with_one_clear_message_and_no_output(shared_data: Path, make_settings, instance) -> None:
+    path = shared_data / "h5ad" / "tiledbsoma_pbmc3k_processed_no_X.h5ad"
+    settings = make_settings()
+    results = run(settings, instance, "no_x", path)
+    assert [r.success for r in results] == [True, False]
+    assert results[-1].message == f"{path}: has no count matrix (no raw.X, no layers['counts'], no X)"
+    assert not (Path(settings.output_dir) / "no_x").exists()
+    assert list((Path(settings.interim_dir) / "parquet_chunks").iterdir()) == []
+    assert "failed" in (Path(settings.log_dir) / "no_x" / "pipeline.log").read_text()
+
+
+def test_step_without_upstream_fails_clearly(make_settings, instance) -> None:
+    settings = make_settings()
+    runner = PipelineRunner(settings, instance)
+    runner.register("never_converted")
+    result = runner.run_step(3, "never_converted")
+    assert not result.success
+    assert result.message.startswith("parquet_chunks for dataset 'never_converted' has not been materialized")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "cells", "matrix", "with_age", "split_by"),
+    [
+        ("cxg_schema7.1_small_perturbations_marson_cd4_perturbseq.h5ad", 500, "X", 500, "cell"),
+        ("cxg_schema7_example_valid_unlabeled_heart320.h5ad", 320, "raw.X", 0, "cell"),
+        ("cxg_schema7_example_valid_unlabeled_tiny2x7.h5ad", 2, "raw.X", 0, "cell"),
+        ("tiledbsoma_10x_multiome_subset_100x100_counts.h5ad", 100, "X", 0, "cell"),
+        ("tiledbsoma_pbmc_small_dense_with_raw.h5ad", 80, "raw.X", 0, "cell"),
+    ],
+)
+def test_shared_fixtures_end_to_end(shared_data: Path, make_settings, instance, fixture, cells, matrix, with_age, split_by) -> None:
+    settings = make_settings(hgnc_file=str(shared_data / "hgnc" / "hgnc_complete_set.parquet"), chunk_size=64)
+    name = Path(fixture).stem
+    results = run(settings, instance, name, shared_data / "h5ad" / fixture)
+    assert all(r.success for r in results), [r.message for r in results]
+    figures = {r.asset: r.figures for r in results}
+    assert (figures["parquet_chunks"]["cells"], figures["parquet_chunks"]["matrix"]) == (cells, matrix)
+    assert figures["aged_chunks"]["cells_with_age"] == with_age
+    split = figures["train_test_splits"]
+    assert split["split_by"] == split_by
+    assert split["train_cells"] + split["test_cells"] == with_age
+    if with_age:
+        assert split["test_cells"] == 25  # one age, 500 cells: floor(500 * 0.05 + 0.5)
+
+
+@pytest.mark.parametrize("fixture", ["tiledbsoma_pbmc_small_x_csc.h5ad", "tiledbsoma_pbmc_small_categorical_all_nan.h5ad"])
+def test_scaled_fixtures_are_refused(shared_data: Path, make_settings, instance, fixture: str) -> None:
+    path = shared_data / "h5ad" / fixture
+    results = run(make_settings(), instance, Path(fixture).stem, path)
+    assert results[-1].message == f"{path}: matrix X has negative values in rows 0-79: counts must be >= 0"
+
+
+def test_csc_and_dense_inputs_give_the_same_output_as_csr(tmp_path: Path, make_settings, instance) -> None:
+    rng = np.random.default_rng(3)
+    counts = sp.random(120, 40, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 5)
+    obs = pd.DataFrame(
+        {"donor_id": pd.Categorical([f"d{i % 30}" for i in range(120)]),
+         "development_stage": pd.Categorical([f"{30 + i % 30}-year-old stage" for i in range(120)])},
+        index=[f"c{i}" for i in range(120)],
+    )
+    var = pd.DataFrame({"feature_name": [f"G{j}" for j in range(40)]}, index=[f"ENSG{j:011d}" for j in range(40)])
+    digests = {}
+    for kind, matrix in (("csr", counts), ("csc", counts.tocsc()), ("dense", counts.toarray())):
+        path = tmp_path / f"{kind}.h5ad"
+        anndata.AnnData(X=matrix, obs=obs, var=var).write_h5ad(path)
+        settings = make_settings(output_dir=str(tmp_path / f"out_{kind}"), chunk_size=7)
+        assert all(r.success for r in run(settings, instance, "same", path))
+        digests[kind] = digest(tmp_path / f"out_{kind}" / "same")
+    assert digests["csr"] == digests["csc"] == digests["dense"]
