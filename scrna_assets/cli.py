@@ -12,6 +12,7 @@ import typer
 
 from scrna_assets.core.errors import InputError
 from scrna_assets.core.example import EXAMPLE_NAME, write_example
+from scrna_assets.inputs import datasets_by_name, h5ad_files
 from scrna_assets.partitions import dataset_name
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.runner import STEPS, PipelineRunner, StepResult, cli_instance
@@ -135,6 +136,27 @@ def run_all(
         typer.echo(f"✓ {dataset}: {cells} cells in {seconds:.1f} s ({cells / seconds:.0f} cells/s)")
     typer.echo(f"  Output: {Path(settings.output_dir) / dataset}\n  Logs:   {Path(settings.log_dir) / dataset}")
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command("register")
+def register(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="h5ad files or folders of them (default: --input-dir).")] = None,
+    input_dir: Annotated[Path, typer.Option(help="Folder of input h5ad files.")] = Path("./data/input"),
+) -> None:
+    """Add datasets as dynamic partitions, so the UI and `dagster asset materialize --partition` see
+    them (Dagster's own CLI has no command for adding a dynamic partition)."""
+    files: list[Path] = []
+    for path in paths or [input_dir]:
+        path = path.resolve()
+        files += h5ad_files(path) if path.is_dir() else [path]
+    names, errors = datasets_by_name(files)
+    for error in errors:
+        typer.echo(f"✗ {error}", err=True)
+    runner = PipelineRunner(PipelineSettings.from_env(), cli_instance())
+    for name, path in names.items():
+        runner.register(name)
+        typer.echo(f"registered {name} <- {path}")
+    raise typer.Exit(1 if errors else 0)
 
 
 def _fail_usage(message: str) -> None:

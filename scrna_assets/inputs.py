@@ -16,17 +16,29 @@ def h5ad_files(folder: Path) -> list[Path]:
 
 
 def find_dataset_file(input_dir: Path, dataset: str) -> Path:
-    matches = []
-    for path in h5ad_files(input_dir):
+    """The one file in ``input_dir`` whose sanitized name is ``dataset``."""
+    unique, errors = datasets_by_name(h5ad_files(input_dir))
+    if dataset in unique:
+        return unique[dataset]
+    for error in errors:
+        if f"dataset name {dataset!r}" in error.problem:
+            raise error
+    raise InputError(input_dir / f"{dataset}.h5ad", f"no h5ad file in {input_dir} has the dataset name {dataset!r}")
+
+
+def datasets_by_name(files: list[Path]) -> tuple[dict[str, Path], list[InputError]]:
+    """Dataset name -> file for files whose names are usable and unique; an error for each other
+    file. Two files with the same sanitized name are both refused, so neither overwrites the other."""
+    groups: dict[str, list[Path]] = {}
+    errors: list[InputError] = []
+    for path in files:
         try:
-            if dataset_name(path) == dataset:
-                matches.append(path)
-        except ValueError:
-            continue
-    if not matches:
-        raise InputError(input_dir / f"{dataset}.h5ad", f"no h5ad file in {input_dir} has the dataset name {dataset!r}")
-    if len(matches) > 1:
-        raise InputError(
-            matches[0], f"dataset name {dataset!r} is shared by {', '.join(p.name for p in matches)}; rename one"
-        )
-    return matches[0]
+            groups.setdefault(dataset_name(path), []).append(path)
+        except ValueError as error:
+            errors.append(InputError(path, str(error)))
+    unique = {name: group[0] for name, group in groups.items() if len(group) == 1}
+    for name, group in groups.items():
+        if len(group) > 1:
+            listed = ", ".join(p.name for p in group)
+            errors += [InputError(p, f"dataset name {name!r} is shared by {listed}; rename one") for p in group]
+    return unique, errors

@@ -1,0 +1,89 @@
+"""`preprocess` as a user runs it: banners, exit codes, one clear line for bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from scrna_assets.cli import app
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty folder with DAGSTER_HOME unset, as on a fresh checkout."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("SCRNA_HGNC_FILE", raising=False)
+    yield tmp_path
+    os.environ.pop("DAGSTER_HOME", None)  # the CLI sets it for its own process
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_run_all_example(in_tmp: Path) -> None:
+    result = invoke("run-all", "--example")
+    assert result.exit_code == 0, result.output
+    for step in range(1, 6):
+        assert f"STEP {step}:" in result.output and f"✓ Step {step} complete" in result.output
+    assert "cells=3000, chunks=1, genes_mapped_hgnc=1160, genes_fallback=39, genes_dropped=9, empty_sentences=48" in result.output
+    assert "split_by=donor, train_cells=2599, test_cells=145" in result.output
+    assert pl.read_parquet(in_tmp / "data/output/example_cellxgene/train/chunks").height == 2599
+    assert not (in_tmp / "data/interim/parquet_chunks/example_cellxgene").exists()
+    # the persistent instance in ./.dagster keeps the partition and the runs for `dagster dev`
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(in_tmp / ".dagster")) as instance:
+        assert instance.get_dynamic_partitions("datasets") == ["example_cellxgene"]
+        assert len(instance.get_runs()) == 5
+
+
+def test_missing_file_is_one_line_exit_1(in_tmp: Path) -> None:
+    result = CliRunner().invoke(app, ["run-all", "nothing.h5ad"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"✗ {in_tmp / 'data/input/nothing.h5ad'}: no such file"
+
+
+def test_bad_input_fails_without_traceback(shared_data: Path, in_tmp: Path) -> None:
+    path = shared_data / "h5ad" / "tiledbsoma_pbmc3k_processed_no_X.h5ad"
+    result = CliRunner().invoke(app, ["run-all", str(path), "--offline"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    expected = f"✗ tiledbsoma_pbmc3k_processed_no_X: failed at step 2 (parquet_chunks): {path}: has no count matrix"
+    assert expected in result.output
+    assert not (in_tmp / "data/output/tiledbsoma_pbmc3k_processed_no_X").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--test-size", "1.5"], "--test-size must be between 0 and 1, exclusive (got 1.5)"),
+        (["--chunk-size", "0"], "--chunk-size must be >= 1 (got 0)"),
+        (["--top-genes", "-1"], "--top-genes must be >= 0, 0 meaning all genes (got -1)"),
+        (["--compression", "rar"], "--compression must be one of zstd, snappy, gzip, brotli, lz4, none (got 'rar')"),
+        (["--split-by", "tissue"], "--split-by must be one of auto, donor, cell (got 'tissue')"),
+        (["--repo-id", "me/data"], "--repo-id needs a token: pass --token or set HF_TOKEN"),
+    ],
+)
+def test_options_are_validated_up_front(in_tmp: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["run-all", "x.h5ad", *args])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {message}"
+    assert not (in_tmp / ".dagster").exists()
+
+
+def test_register_refuses_collisions(in_tmp: Path) -> None:
+    folder = in_tmp / "data" / "input"
+    folder.mkdir(parents=True)
+    for name in ("a b.h5ad", "a_b.h5ad", "good.h5ad"):
+        (folder / name).write_bytes(b"")
+    result = CliRunner().invoke(app, ["register"])
+    assert result.exit_code == 1
+    assert f"registered good <- {folder / 'good.h5ad'}" in result.output
+    assert result.output.count("is shared by a b.h5ad, a_b.h5ad") == 2
