@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,5 +85,3 @@ class DatasetIOManager(ConfigurableIOManager):
         return folder
 
 
-def discard(staged: StagedFolder) -> None:
-    shutil.rmtree(staged.path, ignore_errors=True)

@@ -10,19 +10,20 @@ import scipy.sparse as sp
 from scrna_assets.core.sentences import build_sentences
 
 VOCAB = pa.array(["G0", "G1", "G2", "G3"], type=pa.string())
-# var position -> vocabulary position; var 2 and var 5 have no token.
-TOKEN_INDEX = np.array([0, 1, -1, 2, 3, -1], dtype=np.int32)
+# var position -> vocabulary position; var 2 and var 5 have no token. Not monotonic on purpose,
+# so "ties by var position" differs from "ties by vocabulary position" (vars 1 and 3).
+TOKEN_INDEX = np.array([0, 2, -1, 1, 3, -1], dtype=np.int32)
 
 
 def hand_matrix() -> sp.csr_matrix:
     """Rows built by hand, with stored zeros, ties, unsorted indices, untokened genes."""
     rows: list[list[tuple[int, float]]] = [
-        [(4, 1.0), (0, 3.0), (3, 2.0)],  # unsorted indices -> G0 G2 G3 (var 3 -> G2, var 4 -> G3)
+        [(4, 1.0), (0, 3.0), (3, 2.0)],  # unsorted indices -> vars 0, 3, 4
         [(1, 5.0), (0, 5.0), (4, 5.0), (3, 0.0)],  # three-way tie + stored zero -> var order 0,1,4
         [(2, 9.0), (5, 8.0)],  # only untokened genes -> empty
         [],  # no stored entries -> empty
         [(0, 0.0), (1, 0.0)],  # only stored zeros -> empty
-        [(5, 100.0), (1, 2.5), (2, 50.0), (0, -1.0), (3, 2.5)],  # negatives excluded, tie 1 < 3
+        [(5, 100.0), (1, 2.5), (2, 50.0), (0, -1.0), (3, 2.5)],  # negatives excluded, tie: var 1 first
     ]
     data, indices, indptr = [], [], [0]
     for row in rows:
@@ -39,10 +40,10 @@ def hand_matrix() -> sp.csr_matrix:
 @pytest.mark.parametrize(
     ("top_genes", "sentences", "n_genes"),
     [
-        (0, ["G0 G2 G3", "G0 G1 G3", "", "", "", "G1 G2"], [3, 3, 0, 0, 0, 2]),
-        (1, ["G0", "G0", "", "", "", "G1"], [1, 1, 0, 0, 0, 1]),
-        (2, ["G0 G2", "G0 G1", "", "", "", "G1 G2"], [2, 2, 0, 0, 0, 2]),
-        (10, ["G0 G2 G3", "G0 G1 G3", "", "", "", "G1 G2"], [3, 3, 0, 0, 0, 2]),
+        (0, ["G0 G1 G3", "G0 G2 G3", "", "", "", "G2 G1"], [3, 3, 0, 0, 0, 2]),
+        (1, ["G0", "G0", "", "", "", "G2"], [1, 1, 0, 0, 0, 1]),
+        (2, ["G0 G1", "G0 G2", "", "", "", "G2 G1"], [2, 2, 0, 0, 0, 2]),
+        (10, ["G0 G1 G3", "G0 G2 G3", "", "", "", "G2 G1"], [3, 3, 0, 0, 0, 2]),
     ],
 )
 def test_hand_built_rows(top_genes: int, sentences: list[str], n_genes: list[int]) -> None:
@@ -61,7 +62,7 @@ def test_integer_counts_matrix() -> None:
     """Integer (raw count) matrices rank the same way as floats."""
     matrix = sp.csr_matrix(np.array([[0, 3, 3, 7, 0, 1]], dtype=np.int32))
     got, counts = build_sentences(matrix, TOKEN_INDEX, VOCAB, 0)
-    assert got.to_pylist() == ["G2 G1"]
+    assert got.to_pylist() == ["G1 G2"]
     assert counts.tolist() == [2]
 
 
@@ -118,7 +119,7 @@ def test_matches_reference_on_random_matrix(top_genes: int) -> None:
     token_index = np.arange(n_cols, dtype=np.int32)
     token_index[rng.random(n_cols) < 0.2] = -1
     kept = token_index >= 0
-    token_index[kept] = np.arange(int(kept.sum()), dtype=np.int32)
+    token_index[kept] = rng.permutation(int(kept.sum())).astype(np.int32)  # vocabulary order != var order
     vocabulary = [f"GENE{i}" for i in range(int(kept.sum()))]
 
     got, counts = build_sentences(matrix, token_index, pa.array(vocabulary, type=pa.string()), top_genes)

@@ -193,6 +193,7 @@ def test_split_chunks_end_to_end(tmp_path: Path, split_by: str) -> None:
 
     assert train.schema == source.schema and test.schema == source.schema
     train_ids, test_ids = set(train.column("cell_id").to_pylist()), set(test.column("cell_id").to_pylist())
+    assert train.num_rows > 0 and test.num_rows > 0
     assert train_ids.isdisjoint(test_ids)
     assert train_ids | test_ids == aged_ids
     assert train.num_rows + test.num_rows == len(aged_ids)
