@@ -27,6 +27,14 @@ from scrna_assets.io_manager import StagedFolder
 from scrna_assets.layout import DatasetLayout
 from scrna_assets.logs import DatasetLog, StepLog
 from scrna_assets.partitions import datasets_partitions
+from scrna_assets.provenance import (
+    conversion_parameters,
+    input_fingerprint,
+    mapping_digest,
+    read_provenance,
+    split_parameters,
+    write_provenance,
+)
 from scrna_assets.resources import PipelineSettings
 
 GROUP = "cell_sentences"
@@ -84,6 +92,11 @@ def parquet_chunks(
                 settings.compression,
                 settings.matrix,
             )
+            write_provenance(staging, {
+                "input": input_fingerprint(source),
+                "parameters": conversion_parameters(settings, mapping_digest(hgnc_mapper)),
+                "figures": {"cells": result.n_cells, "genes": result.n_vars, **result.gene_counts},
+            })
         step.figures.update(
             source=str(source), cells=result.n_cells, genes=result.n_vars, matrix=result.matrix,
             matrix_encoding=result.matrix_encoding, chunks=len(result.chunk_files),
@@ -103,6 +116,9 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
         started = time.perf_counter()
         with layout.staging("aged_chunks", dataset) as staging:
             result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression, settings.chunk_size)
+            record = read_provenance(parquet_chunks) or {}
+            record.setdefault("figures", {}).update(cells_with_age=result.with_age, cells_without_age=result.without_age)
+            write_provenance(staging, record)
         step.figures.update(
             cells=result.n_cells, cells_with_age=result.with_age, cells_without_age=result.without_age,
             age_source=result.age_source, distinct_ages=len(result.age_counts),
@@ -132,6 +148,13 @@ def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings
                     aged_chunks / "chunks", staging / "train" / "chunks", staging / "test" / "chunks",
                     settings.test_size, settings.seed, settings.split_by, settings.compression, settings.chunk_size,
                 )
+            record = read_provenance(aged_chunks) or {}
+            record.setdefault("parameters", {}).update(split_parameters(settings))
+            record.setdefault("figures", {}).update(
+                split_by=result.mode, train_cells=result.train_cells, test_cells=result.test_cells,
+                train_donors=result.train_donors, test_donors=result.test_donors,
+            )
+            write_provenance(staging, record)
         step.figures.update(
             split_by=result.mode,
             train_cells=result.train_cells, test_cells=result.test_cells,
@@ -149,6 +172,8 @@ def hf_upload(context: AssetExecutionContext, settings: PipelineSettings, train_
         if not settings.repo_id:
             record = {"status": "skipped", "reason": "no repository configured (--repo-id or SCRNA_REPO_ID)"}
         else:
-            record = upload_dataset(train_test_splits, settings.repo_id, settings.private)
+            repo_id = f"{settings.repo_id}-{dataset}" if settings.repo_per_dataset else settings.repo_id
+            details = read_provenance(train_test_splits) or {}
+            record = upload_dataset(train_test_splits, repo_id, settings.private, details)
         step.figures.update(record)
     return Output(record, metadata=dict(record))

@@ -34,6 +34,8 @@ class PipelineSettings(ConfigurableResource):
     skip_train_test_split: bool = False
     keep_interim: bool = False
     repo_id: Optional[str] = None
+    repo_per_dataset: bool = False
+    """Upload each dataset to ``<repo_id>-<name>`` (batch mode) instead of ``repo_id`` itself."""
     private: bool = True
 
     def problems(self) -> list[str]:
@@ -86,5 +88,6 @@ class PipelineSettings(ConfigurableResource):
             skip_train_test_split=flag("SKIP_TRAIN_TEST_SPLIT"),
             keep_interim=flag("KEEP_INTERIM"),
             repo_id=env.get(f"{ENV_PREFIX}REPO_ID") or None,
+            repo_per_dataset=flag("REPO_PER_DATASET"),
             private=env.get(f"{ENV_PREFIX}PRIVATE", "true").lower() not in ("0", "false", "no"),
         )

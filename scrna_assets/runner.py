@@ -7,20 +7,24 @@ partitions show up in `dagster dev` afterwards.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import polars as pl
 from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
 
 from scrna_assets.definitions import ALL_ASSETS, build_resources
-from scrna_assets.layout import INTERIM_ASSETS, DatasetLayout
+from scrna_assets.inputs import datasets_by_name
+from scrna_assets.layout import INTERIM_ASSETS, OUTPUT_ASSET, DatasetLayout
 from scrna_assets.logs import DatasetLog
 from scrna_assets.partitions import DATASETS_PARTITIONS_NAME
+from scrna_assets.provenance import expected_output_provenance, is_up_to_date, mapping_digest
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.summary import FAILED, SKIPPED, SUCCESS, DatasetOutcome
 
 DEFAULT_DAGSTER_HOME = ".dagster"
 STEPS: dict[int, tuple[str, str]] = {
@@ -31,7 +35,9 @@ STEPS: dict[int, tuple[str, str]] = {
     5: ("hf_upload", "Uploading to the HuggingFace Hub"),
 }
 DATASET_STEPS = (2, 3, 4, 5)
-QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Failures reach the user as one line from the runner; Dagster's own console log would repeat them
+# with stack traces, so it is silenced unless --debug.
+QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def cli_instance() -> DagsterInstance:
@@ -76,6 +82,16 @@ def _figures(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     return figures
 
 
+class Reporter(Protocol):
+    """Receives progress, so the runner itself never prints."""
+
+    def file(self, index: int, total: int, dataset: str) -> None: ...
+
+    def step(self, step: int, result: StepResult | None) -> None: ...
+
+    def note(self, line: str) -> None: ...
+
+
 class PipelineRunner:
     """Materializes assets for datasets with the given settings on one instance."""
 
@@ -118,21 +134,83 @@ class PipelineRunner:
         )
         return removed
 
-    def run_dataset(
-        self, dataset: str, h5ad_path: Path, on_step: Callable[[int, StepResult | None], None]
-    ) -> list[StepResult]:
+    def run_dataset(self, dataset: str, h5ad_path: Path, reporter: Reporter) -> list[StepResult]:
         """Steps 2-5 for one dataset; stops at the first failure and cleans up after it."""
         self.register(dataset)
         results = []
         for step in DATASET_STEPS:
-            on_step(step, None)
+            reporter.step(step, None)
             started = time.perf_counter()
             result = self.run_step(step, dataset, h5ad_path)
             result.figures.setdefault("seconds", round(time.perf_counter() - started, 3))
             results.append(result)
-            on_step(step, result)
+            reporter.step(step, result)
             if not result.success:
                 if step < 5:
-                    self.discard_partial(dataset)
+                    removed = self.discard_partial(dataset)
+                    shown = ", ".join(str(p) for p in removed) or "nothing partial was left"
+                    reporter.note(f"Cleanup after failure: {shown}")
                 break
+            if step == 4 and not self.settings.keep_interim:
+                reporter.note(f"Cleanup: interim chunks of {dataset} removed")
         return results
+
+    def hgnc_digest(self) -> str:
+        return mapping_digest(pl.read_parquet(self.layout.hgnc_mapping_file()))
+
+    def up_to_date(self, dataset: str, source: Path, hgnc_digest: str) -> bool:
+        """Outputs made from this very file (size, mtime) with these parameters, and uploaded
+        to the configured repository when there is one."""
+        output = self.layout.asset_dir(OUTPUT_ASSET, dataset)
+        if not is_up_to_date(output, expected_output_provenance(source, self.settings, hgnc_digest)):
+            return False
+        if not self.settings.repo_id:
+            return True
+        try:
+            upload = json.loads(self.layout.upload_record(dataset).read_text())
+        except (OSError, ValueError):
+            return False
+        wanted = f"{self.settings.repo_id}-{dataset}" if self.settings.repo_per_dataset else self.settings.repo_id
+        return upload.get("status") == "uploaded" and upload.get("repo_id") == wanted
+
+    def process_files(self, files: list[Path], reporter: Reporter, skip_existing: bool = False) -> list[DatasetOutcome]:
+        """Every file is its own set of partition runs: one failure never stops the others."""
+        names, errors = datasets_by_name(files)
+        refused = {Path(e.path): e for e in errors}
+        reporter.step(1, None)
+        hgnc = self.run_step(1)
+        reporter.step(1, hgnc)
+        digest = self.hgnc_digest() if hgnc.success else ""
+        by_file = {path: name for name, path in names.items()}
+        outcomes = []
+        for index, path in enumerate(sorted(files), start=1):
+            name = by_file.get(path, "")
+            reporter.file(index, len(files), name or path.name)
+            if path in refused:
+                outcomes.append(DatasetOutcome(name, str(path), FAILED, refused[path].problem))
+            elif not hgnc.success:
+                outcomes.append(DatasetOutcome(name, str(path), FAILED, f"step 1 (hgnc_mapper): {hgnc.message}"))
+            elif skip_existing and self.up_to_date(name, path, digest):
+                reporter.note(f"SKIPPED {name}: outputs are up to date")
+                outcomes.append(DatasetOutcome(name, str(path), SKIPPED, "outputs up to date (same input file and parameters)"))
+            else:
+                started = time.perf_counter()
+                results = self.run_dataset(name, path, reporter)
+                outcomes.append(_outcome(name, path, results, time.perf_counter() - started))
+        return outcomes
+
+
+def _outcome(dataset: str, path: Path, results: list[StepResult], seconds: float) -> DatasetOutcome:
+    figures = {r.asset: r.figures for r in results}
+    failed = next((r for r in results if not r.success), None)
+    return DatasetOutcome(
+        dataset=dataset,
+        input_file=str(path),
+        status=FAILED if failed else SUCCESS,
+        message=f"step {failed.step} ({failed.asset}): {failed.message}" if failed else "",
+        cells_read=int(figures.get("parquet_chunks", {}).get("cells", 0)),
+        cells_with_age=int(figures.get("aged_chunks", {}).get("cells_with_age", 0)),
+        train_cells=int(figures.get("train_test_splits", {}).get("train_cells", 0)),
+        test_cells=int(figures.get("train_test_splits", {}).get("test_cells", 0)),
+        seconds=round(seconds, 3),
+    )

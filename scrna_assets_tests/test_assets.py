@@ -22,10 +22,24 @@ OUTPUT_COLUMNS = [
 ]
 
 
+class Silent:
+    """A reporter that records the notes and prints nothing."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def file(self, index: int, total: int, dataset: str) -> None: ...
+
+    def step(self, step: int, result: StepResult | None) -> None: ...
+
+    def note(self, line: str) -> None:
+        self.notes.append(line)
+
+
 def run(settings: PipelineSettings, instance, dataset: str, path: Path) -> list[StepResult]:
     runner = PipelineRunner(settings, instance)
     results = [runner.run_step(1)]
-    return results + runner.run_dataset(dataset, path, lambda step, result: None)
+    return results + runner.run_dataset(dataset, path, Silent())
 
 
 def digest(folder: Path) -> dict[str, str]:

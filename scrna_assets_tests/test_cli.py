@@ -55,7 +55,7 @@ def test_bad_input_fails_without_traceback(shared_data: Path, in_tmp: Path) -> N
     result = CliRunner().invoke(app, ["run-all", str(path), "--offline"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    expected = f"✗ tiledbsoma_pbmc3k_processed_no_X: failed at step 2 (parquet_chunks): {path}: has no count matrix"
+    expected = f"✗ tiledbsoma_pbmc3k_processed_no_X: step 2 (parquet_chunks): {path}: has no count matrix"
     assert expected in result.output
     assert not (in_tmp / "data/output/tiledbsoma_pbmc3k_processed_no_X").exists()
 

@@ -42,7 +42,8 @@ def _strip_version(ensembl_id: str) -> str:
 
 
 def _text(value: object) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    """A var cell as text; None, NaN and pd.NA (nullable string columns) are empty."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return ""
     return str(value).strip()
 
@@ -62,9 +63,10 @@ def assign_gene_tokens(var: pd.DataFrame, ensembl_to_symbol: dict[str, str]) -> 
     token_index = np.full(len(index), -1, dtype=np.int32)
     mapped = fallback = dropped = duplicates = 0
     for row, (var_id, name, alt_id) in enumerate(zip(index, names, alt_ids)):
-        ensembl = var_id if is_ensembl_id(var_id) else alt_id if is_ensembl_id(alt_id) else ""
+        candidates = [_strip_version(i) for i in (var_id, alt_id) if is_ensembl_id(i)]
+        symbol = next((ensembl_to_symbol[i] for i in candidates if i in ensembl_to_symbol), "")
         token, via_hgnc = "", False
-        if ensembl and (symbol := ensembl_to_symbol.get(_strip_version(ensembl))):
+        if symbol:
             token, via_hgnc = symbol, True
         elif name and not is_ensembl_id(name):
             token = name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -20,15 +21,23 @@ def read_hgnc_table(path: str | Path) -> pl.DataFrame:
     (by HGNC id order in the file), so the mapping is a function.
     """
     path = Path(path)
+    try:
+        if path.suffix == ".parquet":
+            columns = list(pl.read_parquet_schema(path))
+        else:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                columns = handle.readline().rstrip("\r\n").split("\t")
+    except (OSError, pl.exceptions.PolarsError) as error:
+        raise ValueError(f"{path}: cannot be read as an HGNC table ({error})") from error
+    missing = {"symbol", "ensembl_gene_id"} - set(columns)
+    if missing:
+        raise ValueError(f"{path}: not an HGNC complete set (missing columns {sorted(missing)})")
     if path.suffix == ".parquet":
         table = pl.read_parquet(path, columns=["symbol", "ensembl_gene_id"])
     else:
         table = pl.read_csv(
             path, separator="\t", columns=["symbol", "ensembl_gene_id"], infer_schema=False, quote_char=None
         )
-    missing = {"symbol", "ensembl_gene_id"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: not an HGNC complete set (missing columns {sorted(missing)})")
     return (
         table.select(pl.col("ensembl_gene_id").str.strip_chars(), pl.col("symbol").str.strip_chars())
         .filter(pl.col("ensembl_gene_id").is_not_null() & (pl.col("ensembl_gene_id") != ""))
@@ -42,9 +51,14 @@ def download_hgnc(destination: Path, url: str = HGNC_URL, timeout: float = 30.0)
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.name}.{os.getpid()}.part")
     try:
+        received = 0
         with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            expected = response.headers.get("Content-Length")
             while block := response.read(1 << 20):
                 out.write(block)
+                received += len(block)
+        if expected is not None and received != int(expected):
+            raise OSError(f"HGNC download from {url} was cut short ({received} of {expected} bytes)")
         os.replace(partial, destination)
     finally:
         partial.unlink(missing_ok=True)
@@ -65,12 +79,16 @@ def resolve_hgnc_mapping(
     if hgnc_file:
         return read_hgnc_table(hgnc_file), f"file:{hgnc_file}", None
     if cache_file.exists():
-        return read_hgnc_table(cache_file), f"cache:{cache_file}", None
+        try:
+            return read_hgnc_table(cache_file), f"cache:{cache_file}", None
+        except ValueError:
+            cache_file.unlink()  # a corrupt cache is rebuilt below, never used
     if not offline:
         try:
             download_hgnc(cache_file)
             return read_hgnc_table(cache_file), f"download:{HGNC_URL}", None
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError) as error:
+            cache_file.unlink(missing_ok=True)
             reason = f"HGNC download failed ({error})"
     else:
         reason = "offline mode"

@@ -30,6 +30,8 @@ class ChunkWriter:
     def __init__(self, folder: Path, compression: str, max_rows: int) -> None:
         if compression not in PARQUET_CODECS:
             raise ValueError(f"compression must be one of {', '.join(PARQUET_CODECS)}, not {compression!r}")
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, not {max_rows}")
         self.folder = folder
         self.compression = compression
         self.max_rows = max_rows
@@ -43,7 +45,7 @@ class ChunkWriter:
         self._pending.append(table)
         self._pending_rows += table.num_rows
         while self._pending_rows >= self.max_rows:
-            combined = pa.concat_tables(self._pending)
+            combined = pa.concat_tables(self._pending, promote_options="default")
             self._flush(combined.slice(0, self.max_rows))
             rest = combined.slice(self.max_rows)
             self._pending, self._pending_rows = [rest], rest.num_rows
@@ -52,7 +54,7 @@ class ChunkWriter:
         """Flush the remainder. With no rows at all, writes one empty file with ``schema``
         so readers still see the columns."""
         if self._pending_rows:
-            self._flush(pa.concat_tables(self._pending))
+            self._flush(pa.concat_tables(self._pending, promote_options="default"))
         elif not self.files and schema is not None:
             self._flush(schema.empty_table())
         self._pending, self._pending_rows = [], 0

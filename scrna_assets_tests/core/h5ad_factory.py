@@ -249,3 +249,24 @@ def write_stages(path: Path, stage_labels: list[str | None] | None, stage_ids: l
         obs["development_stage"] = pd.Categorical(stage_labels)
     obs["donor_id"] = pd.Categorical([f"d{i}" for i in range(7)])
     return write_counts(path, "csr", obs=obs)
+
+
+def write_legacy_categorical(path: Path) -> Path:
+    """COUNTS whose ``donor_id`` uses the anndata 0.7 categorical layout: an int8 codes dataset
+    with a ``categories`` object reference into ``obs/__categories``; codes x, y, missing, ..."""
+    write_counts(path)
+    with h5py.File(path, "r+") as handle:
+        obs = handle["obs"]
+        del obs["donor_id"]
+        categories = obs.create_group("__categories").create_dataset(
+            "donor_id", data=np.array(["x", "y"], dtype=object), dtype=h5py.string_dtype()
+        )
+        codes = obs.create_dataset("donor_id", data=np.array([0, 1, -1, 0, 1, 1, 0], dtype=np.int8))
+        codes.attrs["categories"] = categories.ref
+    return path
+
+
+def write_no_genes(path: Path, fmt: str = "csr") -> Path:
+    """4 cells x 0 genes."""
+    var = pd.DataFrame(index=pd.Index([], dtype=str))
+    return write_counts(path, fmt, matrix=np.zeros((4, 0), dtype=np.float32), var=var, obs=simple_obs(4))

@@ -103,11 +103,6 @@ def test_missing_feature_name_values_fall_through_to_index() -> None:
     assert tokens_of(assign_gene_tokens(var, {})) == ["i1", "i2", "i3", "X"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a missing value in a nullable-string feature_name (pd.NA, as anndata reads a "
-    "nullable-string-array) becomes the literal token '<NA>' instead of falling through to the index",
-    strict=True,
-)
 def test_nullable_string_feature_name_missing_is_empty() -> None:
     """pd.NA is a missing feature_name, not the gene name '<NA>'."""
     var = pd.DataFrame(

@@ -71,11 +71,6 @@ def test_read_parquet(tmp_path: Path) -> None:
     assert rows_of(table) == EXPECTED_ROWS
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_hgnc_table's 'not an HGNC complete set' ValueError is dead code; polars "
-    "raises ColumnNotFoundError first when a column is missing",
-    strict=True,
-)
 def test_read_rejects_non_hgnc_file(tmp_path: Path) -> None:
     """A file without symbol/ensembl_gene_id must be rejected with the module's clear error."""
     path = tmp_path / "other.tsv"
@@ -234,11 +229,6 @@ def test_download_failure_keeps_previous_file(tmp_path: Path, http_base: str) ->
     assert [p.name for p in tmp_path.iterdir()] == ["hgnc.txt"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a body shorter than Content-Length is accepted; download_hgnc renames the "
-    "truncated file into place instead of failing",
-    strict=True,
-)
 def test_download_truncated_body_is_a_failure(tmp_path: Path, http_base: str) -> None:
     """A connection that drops before Content-Length bytes must not leave a (partial) file."""
     destination = tmp_path / "hgnc.txt"
@@ -247,11 +237,6 @@ def test_download_truncated_body_is_a_failure(tmp_path: Path, http_base: str) ->
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: a truncated HGNC download becomes the cache and is used as the mapping "
-    "instead of giving the empty mapping and a warning",
-    strict=True,
-)
 def test_resolve_truncated_download(tmp_path: Path, http_base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end: a dropped download is a download failure (empty + warning, no cache file)."""
     real_download = download_hgnc

@@ -1,0 +1,302 @@
+"""Upload tests against a local stand-in of the Hub (127.0.0.1 only), with the real huggingface_hub client.
+
+They check what actually reaches the server: the repo and its private flag, the exact files and
+their bytes, a card whose YAML ``configs`` the ``datasets`` library can load, the token only in the
+Authorization header, and that failed or repeated uploads resume without sending objects again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from scrna_assets.core.hf_upload import HubUploadError, dataset_card, upload_dataset
+from scrna_assets_tests.hub_server import LocalHub, hub_client_env
+
+TOKEN = "hf_localTestToken0123456789abcdef"
+REPO = "ageing-lab/heart-cell-sentences"
+PARQUET_PATHS = {
+    "train/chunks/chunk_0000.parquet",
+    "train/chunks/chunk_0001.parquet",
+    "test/chunks/chunk_0000.parquet",
+}
+DETAILS: dict[str, Any] = {
+    "input": {"path": "/private/data/input/heart_atlas.h5ad", "size": 123_456, "mtime_ns": 1},
+    "parameters": {
+        "top_genes": 2048, "chunk_size": 5, "compression": "zstd", "matrix": "X",
+        "test_size": 0.25, "seed": 42, "split_by": "donor",
+    },
+    "figures": {
+        "cells": 15, "genes": 321, "cells_with_age": 12, "cells_without_age": 3,
+        "split_by": "donor", "train_cells": 9, "test_cells": 3, "train_donors": 3, "test_donors": 1,
+    },
+}
+
+
+def _chunk(path: Path, prefix: str, ages: list[float], donors: list[str]) -> None:
+    n = len(ages)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({
+        "cell_id": [f"{prefix}{i}" for i in range(n)],
+        "cell_sentence": ["MT-CO1 ACTB GAPDH"] * n,
+        "n_genes": pa.array([3] * n, pa.int32()),
+        "age": pa.array(ages, pa.float64()),
+        "donor_id": donors,
+    }), path)
+
+
+@pytest.fixture
+def dataset_folder(tmp_path: Path) -> Path:
+    """A published split folder: 5 + 4 train cells, 3 test cells, plus files that must stay local."""
+    folder = tmp_path / "output" / "heart_atlas"
+    _chunk(folder / "train/chunks/chunk_0000.parquet", "a", [25.0, 25.0, 40.0, 40.0, 61.0], ["d1", "d1", "d2", "d2", "d3"])
+    _chunk(folder / "train/chunks/chunk_0001.parquet", "b", [61.0, 70.0, 70.0, 70.0], ["d3", "d3", "d3", "d3"])
+    _chunk(folder / "test/chunks/chunk_0000.parquet", "c", [55.0, 55.0, 55.0], ["d4", "d4", "d4"])
+    (folder / "hf_upload.json").write_text('{"status": "old"}\n')
+    (folder / "provenance.json").write_text(json.dumps(DETAILS))
+    return folder
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """A running local Hub the client talks to (token from HF_TOKEN); stopped after the test."""
+    from huggingface_hub.utils import close_session
+
+    server = LocalHub().start()
+    hub_client_env(monkeypatch, server.url, TOKEN)
+    try:
+        yield server
+    finally:
+        server.stop()
+        close_session()
+    assert server.unhandled == [], f"the client called endpoints the local hub lacks: {server.unhandled}"
+
+
+def _front_matter(card: str) -> dict[str, Any]:
+    match = re.match(r"^---\n(.*?)\n---\n", card, re.DOTALL)
+    assert match, "card has no YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_upload_publishes_chunks_and_card_only(hub: LocalHub, dataset_folder: Path) -> None:
+    before = _snapshot(dataset_folder)
+    record = upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    repo = hub.repo(REPO)
+    assert (repo.repo_type, repo.repo_id, repo.private) == ("dataset", REPO, True)
+    assert set(repo.files) == PARQUET_PATHS | {"README.md"}
+    for path in PARQUET_PATHS:
+        assert repo.files[path].content == (dataset_folder / path).read_bytes()
+        assert repo.files[path].lfs_oid is not None  # went through LFS, not inline
+    assert len(repo.commits) == 1
+    assert hub.lfs_uploads == 3
+    assert _snapshot(dataset_folder) == before  # the published folder is not touched (no README.md)
+
+    assert record["status"] == "uploaded"
+    assert record["repo_id"] == REPO
+    assert record["private"] == "true"
+    assert record["commit"] == repo.head
+    assert record["files"] == "4"
+    assert record["splits"] == "train,test"
+    assert all(isinstance(value, str) for value in record.values())
+
+
+def test_token_travels_only_in_the_authorization_header(hub: LocalHub, dataset_folder: Path) -> None:
+    record = upload_dataset(dataset_folder, REPO, False, DETAILS)
+
+    assert hub.authorizations and set(hub.authorizations) == {f"Bearer {TOKEN}"}
+    assert TOKEN not in json.dumps(record) and TOKEN not in repr(record)
+    assert TOKEN not in hub.repo(REPO).files["README.md"].content.decode()
+    assert hub.repo(REPO).private is False and record["private"] == "false"
+
+
+def test_card_declares_splits_and_describes_the_data(hub: LocalHub, dataset_folder: Path) -> None:
+    upload_dataset(dataset_folder, REPO, True, DETAILS)
+    card = hub.repo(REPO).files["README.md"].content.decode()
+
+    metadata = _front_matter(card)
+    assert metadata["configs"] == [{
+        "config_name": "default",
+        "data_files": [
+            {"split": "train", "path": "train/chunks/*.parquet"},
+            {"split": "test", "path": "test/chunks/*.parquet"},
+        ],
+    }]
+    assert metadata["size_categories"] == ["n<1K"]
+    assert "`heart_atlas.h5ad`" in card and "/private/data" not in card  # name only, no local path
+    for figure in ("| Cells in the source file | 15 |", "| Genes (var rows) in the source file | 321 |",
+                   "| Cells without a point age (left out) | 3 |", "| Train cells | 9 |", "| Test cells | 3 |",
+                   "| Rows in `train` (counted in the parquet files) | 9 |", "| Youngest age (years) | 25 |",
+                   "| Oldest age (years) | 70 |", "| Distinct ages | 5 |"):
+        assert figure in card, figure
+    for parameter in ("| top_genes | 2048 |", "| seed | 42 |", "| test_size | 0.25 |", "| compression | zstd |"):
+        assert parameter in card, parameter
+    assert "ordered by expression, highest first" in card
+    assert "ties keep the gene order" in card
+    assert "at most the top 2048 genes" in card
+    assert "parsed from `development_stage`" in card
+    assert "left out of this dataset" in card
+    assert "Split by donor" in card
+
+
+def test_uploaded_files_load_with_datasets(hub: LocalHub, dataset_folder: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets-cache"))
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+
+    upload_dataset(dataset_folder, REPO, True, DETAILS)
+    clone = tmp_path / "clone"
+    hub.export(REPO, clone)
+    cache = str(tmp_path / "datasets-cache")
+
+    explicit = datasets.load_dataset(
+        "parquet",
+        data_files={
+            "train": sorted(str(p) for p in (clone / "train/chunks").glob("*.parquet")),
+            "test": sorted(str(p) for p in (clone / "test/chunks").glob("*.parquet")),
+        },
+        cache_dir=cache,
+    )
+    assert {name: split.num_rows for name, split in explicit.items()} == {"train": 9, "test": 3}
+    assert explicit["train"].features["n_genes"].dtype == "int32"
+    assert explicit["test"]["age"] == [55.0, 55.0, 55.0]
+
+    # The same files found through the card's YAML `configs`, as load_dataset(repo_id) would.
+    from_card = datasets.load_dataset(str(clone), cache_dir=cache)
+    assert {name: split.num_rows for name, split in from_card.items()} == {"train": 9, "test": 3}
+
+
+def test_second_upload_sends_nothing_again(hub: LocalHub, dataset_folder: Path) -> None:
+    first = upload_dataset(dataset_folder, REPO, True, DETAILS)
+    uploads, commits = hub.lfs_uploads, len(hub.repo(REPO).commits)
+
+    second = upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert hub.lfs_uploads == uploads == 3
+    assert len(hub.repo(REPO).commits) == commits == 1  # identical card and chunks: no empty commit
+    assert second["status"] == "uploaded" and second["commit"] == first["commit"]
+
+
+def test_failed_commit_names_the_repo_and_a_rerun_completes(hub: LocalHub, dataset_folder: Path) -> None:
+    hub.fail("commit", 500, message="storage backend unavailable", echo_authorization=True)
+
+    with pytest.raises(HubUploadError) as caught:
+        upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    message = str(caught.value)
+    assert REPO in message and "committing" in message and "500" in message
+    assert TOKEN not in message
+    assert caught.value.__cause__ is None or TOKEN not in str(caught.value.__cause__)
+    assert hub.repo(REPO).commits == [] and hub.lfs_uploads == 3  # objects went up, commit did not
+
+    hub.heal()
+    record = upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert hub.lfs_uploads == 3  # the rerun sent no object the server already had
+    assert set(hub.repo(REPO).files) == PARQUET_PATHS | {"README.md"}
+    assert record["commit"] == hub.repo(REPO).head
+
+
+def test_interrupted_object_upload_resumes_with_the_missing_ones(hub: LocalHub, dataset_folder: Path) -> None:
+    hub.fail("lfs_upload", 403, after=1, message="connection to storage lost")
+
+    with pytest.raises(HubUploadError, match=re.escape(REPO)):
+        upload_dataset(dataset_folder, REPO, True, DETAILS)
+    assert hub.lfs_uploads == 1 and hub.repo(REPO).commits == []
+
+    hub.heal()
+    upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert hub.lfs_uploads == 3  # one before the failure + the two missing ones, none twice
+    assert len(hub.lfs_objects) == 3
+    assert set(hub.repo(REPO).files) == PARQUET_PATHS | {"README.md"}
+
+
+def test_rerun_with_fewer_chunks_removes_stale_remote_chunks(hub: LocalHub, dataset_folder: Path) -> None:
+    upload_dataset(dataset_folder, REPO, True, DETAILS)
+    (dataset_folder / "train/chunks/chunk_0001.parquet").unlink()
+
+    record = upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert set(hub.repo(REPO).files) == PARQUET_PATHS - {"train/chunks/chunk_0001.parquet"} | {"README.md"}
+    assert hub.repo(REPO).commits[-1].deleted == ["train/chunks/chunk_0001.parquet"]
+    assert record["deleted_stale_files"] == "1"
+
+
+def test_unsplit_folder_is_one_train_split(hub: LocalHub, dataset_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "unsplit" / "heart_atlas"
+    shutil.copytree(dataset_folder / "train" / "chunks", folder / "chunks")
+    details = {**DETAILS, "parameters": {"top_genes": 0, "skip_train_test_split": True},
+               "figures": {"cells": 9, "split_by": "none"}}
+
+    upload_dataset(folder, REPO, False, details)
+
+    card = hub.repo(REPO).files["README.md"].content.decode()
+    assert set(hub.repo(REPO).files) == {"README.md", "chunks/chunk_0000.parquet", "chunks/chunk_0001.parquet"}
+    assert _front_matter(card)["configs"][0]["data_files"] == [{"split": "train", "path": "chunks/*.parquet"}]
+    assert "Not split" in card and "every expressed gene" in card
+
+
+def test_private_upload_into_existing_public_repo_is_refused(hub: LocalHub, dataset_folder: Path) -> None:
+    upload_dataset(dataset_folder, REPO, False, DETAILS)
+    commits = len(hub.repo(REPO).commits)
+
+    with pytest.raises(HubUploadError, match="already exists and is public"):
+        upload_dataset(dataset_folder, REPO, True, DETAILS)
+    assert len(hub.repo(REPO).commits) == commits and hub.repo(REPO).private is False
+
+
+def test_refused_repo_creation_names_repo_and_step(hub: LocalHub, dataset_folder: Path) -> None:
+    hub.fail("create_repo", 403, message="You don't have the rights to create a dataset under this namespace")
+
+    with pytest.raises(HubUploadError) as caught:
+        upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert REPO in str(caught.value) and "creating the repository" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    assert hub.lfs_uploads == 0
+
+
+def test_missing_token_fails_before_any_request(hub: LocalHub, dataset_folder: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    hub_client_env(monkeypatch, hub.url, None)
+
+    with pytest.raises(HubUploadError, match="HF_TOKEN") as caught:
+        upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert REPO in str(caught.value)
+    assert sum(hub.calls.values()) == 0
+
+
+def test_folder_without_chunks_is_an_error(hub: LocalHub, tmp_path: Path) -> None:
+    (tmp_path / "empty" / "train" / "chunks").mkdir(parents=True)
+
+    with pytest.raises(HubUploadError, match="no parquet chunks"):
+        upload_dataset(tmp_path / "empty", REPO, True)
+    assert sum(hub.calls.values()) == 0
+
+
+def test_card_is_deterministic_and_skips_empty_splits(dataset_folder: Path) -> None:
+    for path in (dataset_folder / "test" / "chunks").iterdir():
+        path.unlink()
+
+    card = dataset_card(dataset_folder, REPO)
+
+    assert card == dataset_card(dataset_folder, REPO)
+    assert _front_matter(card)["configs"][0]["data_files"] == [{"split": "train", "path": "train/chunks/*.parquet"}]
+    assert "Source file: not recorded" in card
+    assert "Not recorded." in card  # no parameters given
