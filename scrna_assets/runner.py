@@ -21,7 +21,7 @@ from scrna_assets.definitions import ALL_ASSETS, build_resources
 from scrna_assets.inputs import datasets_by_name
 from scrna_assets.layout import INTERIM_ASSETS, OUTPUT_ASSET, DatasetLayout
 from scrna_assets.logs import DatasetLog
-from scrna_assets.partitions import DATASETS_PARTITIONS_NAME
+from scrna_assets.partitions import DATASETS_PARTITIONS_NAME, dataset_name
 from scrna_assets.provenance import expected_output_provenance, is_up_to_date, mapping_digest
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.summary import FAILED, SKIPPED, SUCCESS, DatasetOutcome
@@ -185,10 +185,14 @@ class PipelineRunner:
         outcomes = []
         for index, path in enumerate(sorted(files), start=1):
             name = by_file.get(path, "")
-            reporter.file(index, len(files), name or path.name)
             if path in refused:
-                outcomes.append(DatasetOutcome(name, str(path), FAILED, refused[path].problem))
-            elif not hgnc.success:
+                shown = _name_or_empty(path)
+                reporter.file(index, len(files), shown or path.name)
+                reporter.note(f"✗ {refused[path]}")
+                outcomes.append(DatasetOutcome(shown, str(path), FAILED, refused[path].problem))
+                continue
+            reporter.file(index, len(files), name)
+            if not hgnc.success:
                 outcomes.append(DatasetOutcome(name, str(path), FAILED, f"step 1 (hgnc_mapper): {hgnc.message}"))
             elif skip_existing and self.up_to_date(name, path, digest):
                 reporter.note(f"SKIPPED {name}: outputs are up to date")
@@ -198,6 +202,13 @@ class PipelineRunner:
                 results = self.run_dataset(name, path, reporter)
                 outcomes.append(_outcome(name, path, results, time.perf_counter() - started))
         return outcomes
+
+
+def _name_or_empty(path: Path) -> str:
+    try:
+        return dataset_name(path)
+    except ValueError:
+        return ""
 
 
 def _outcome(dataset: str, path: Path, results: list[StepResult], seconds: float) -> DatasetOutcome:

@@ -8,7 +8,8 @@ It implements just what the real ``huggingface_hub`` client (2.4) calls for ``cr
 * ``POST /api/validate-yaml`` (really parses the card's YAML front matter)
 * ``POST /api/{type}s/{repo}/preupload/{rev}``  (``.parquet``/binary/large -> ``lfs``, else ``regular``)
 * ``POST /{type}s/{repo}.git/info/lfs/objects/batch`` (``basic`` transfer; no actions for known objects)
-* ``PUT  /lfs-storage/{oid}`` and ``POST /lfs-verify/{oid}`` (checks the sha256 and size)
+* ``PUT  /lfs-storage/{type}s/{repo}/{oid}`` and ``POST /lfs-verify/...`` (checks sha256 and size;
+  objects are kept per repo, as the Hub does)
 * ``POST /api/{type}s/{repo}/commit/{rev}`` (ndjson: file, lfsFile, deletedFile, deletedFolder)
 
 Xet: in huggingface_hub 2.4 the client picks Xet by itself whenever ``hf_xet`` is importable and
@@ -55,8 +56,8 @@ _ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
     ("POST", "commit", re.compile(rf"/api/{_TYPE}/{_REPO}/commit/{_REV}")),
     ("GET", "xet_token", re.compile(rf"/api/{_TYPE}/{_REPO}/xet-(?:read|write)-token(?:/.*)?")),
     ("POST", "lfs_batch", re.compile(rf"/(?:{_TYPE}/)?{_REPO}\.git/info/lfs/objects/batch")),
-    ("PUT", "lfs_upload", re.compile(r"/lfs-storage/(?P<oid>[0-9a-f]{64})")),
-    ("POST", "lfs_verify", re.compile(r"/lfs-verify/(?P<oid>[0-9a-f]{64})")),
+    ("PUT", "lfs_upload", re.compile(rf"/lfs-storage/{_TYPE}/{_REPO}/(?P<oid>[0-9a-f]{{64}})")),
+    ("POST", "lfs_verify", re.compile(rf"/lfs-verify/{_TYPE}/{_REPO}/(?P<oid>[0-9a-f]{{64}})")),
 ]
 _NEEDS_AUTH = {"create_repo", "preupload", "commit", "lfs_batch", "lfs_verify"}
 _LFS_SUFFIXES = (".parquet", ".arrow", ".bin", ".safetensors", ".h5ad", ".zip", ".gz")
@@ -95,6 +96,7 @@ class RepoState:
     private: bool
     files: dict[str, StoredFile] = field(default_factory=dict)
     commits: list[CommitRecord] = field(default_factory=list)
+    lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 hex -> content, per repo as on the Hub
 
     @property
     def head(self) -> str:
@@ -150,8 +152,7 @@ class LocalHub:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.repos: dict[tuple[str, str], RepoState] = {}
-        self.lfs_objects: dict[str, bytes] = {}
-        self.lfs_uploads = 0  # LFS objects actually received (PUT bodies stored)
+        self.lfs_uploads = 0  # LFS objects actually received (PUT bodies stored), all repos
         self.calls: Counter[str] = Counter()  # endpoint name -> number of requests
         self.authorizations: list[str] = []  # every Authorization header seen
         self.unhandled: list[str] = []  # "METHOD path" of requests no route matched
@@ -235,6 +236,7 @@ class LocalHub:
 class _HubHandler(BaseHTTPRequestHandler):
     owner: LocalHub
     protocol_version = "HTTP/1.1"
+    wbufsize = -1  # buffer the response: headers and body leave in one segment (no Nagle/delayed-ACK stall)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
         return
@@ -302,7 +304,10 @@ class _HubHandler(BaseHTTPRequestHandler):
         if name in _NEEDS_AUTH and not (authorization or "").startswith("Bearer "):
             self._error(401, "Invalid credentials in Authorization header")
             return
-        getattr(self, f"_{name}")(match.groupdict(), query, body)
+        try:
+            getattr(self, f"_{name}")(match.groupdict(), query, body)
+        except Exception as error:  # a bug here: answer 400 (not retried) rather than drop the connection
+            self._error(400, f"local test hub failed on {method} {path}: {type(error).__name__}: {error}")
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         self._dispatch("GET")
@@ -421,17 +426,19 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._error(400, "only the basic transfer is supported")
             return
         objects = []
+        params = {**params, "type": params.get("type") or "model"}
+        where = f"{params['type']}s/{params['repo']}"
         with self.owner.lock:
-            if (params.get("type") or "model", params["repo"]) not in self.owner.repos:
-                self._error(404, "Repository not found", "RepoNotFound")
+            state = self._repo(params)
+            if state is None:
                 return
             for item in payload["objects"]:
                 oid, size = item["oid"], item["size"]
                 entry: dict[str, Any] = {"oid": oid, "size": size}
-                if oid not in self.owner.lfs_objects:
+                if oid not in state.lfs_objects:
                     entry["actions"] = {
-                        "upload": {"href": f"{self._base()}/lfs-storage/{oid}"},
-                        "verify": {"href": f"{self._base()}/lfs-verify/{oid}"},
+                        "upload": {"href": f"{self._base()}/lfs-storage/{where}/{oid}"},
+                        "verify": {"href": f"{self._base()}/lfs-verify/{where}/{oid}"},
                     }
                 objects.append(entry)
         self._send(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
@@ -442,14 +449,20 @@ class _HubHandler(BaseHTTPRequestHandler):
             self._error(400, f"content does not match sha256 {oid}")
             return
         with self.owner.lock:
-            self.owner.lfs_objects[oid] = body
+            state = self._repo(params)
+            if state is None:
+                return
+            state.lfs_objects[oid] = body
             self.owner.lfs_uploads += 1
         self._send(200)
 
     def _lfs_verify(self, params: dict[str, str], _: dict[str, str], body: bytes) -> None:
         claimed = json.loads(body or b"{}")
         with self.owner.lock:
-            stored = self.owner.lfs_objects.get(params["oid"])
+            state = self._repo(params)
+            if state is None:
+                return
+            stored = state.lfs_objects.get(params["oid"])
         if stored is None or claimed.get("size") != len(stored):
             self._error(404, f"LFS object {params['oid']} is missing or has the wrong size")
             return
@@ -473,7 +486,7 @@ class _HubHandler(BaseHTTPRequestHandler):
                     files[value["path"]] = StoredFile(base64.b64decode(value["content"]))
                     added.append(value["path"])
                 elif key == "lfsFile":
-                    content = self.owner.lfs_objects.get(value["oid"])
+                    content = state.lfs_objects.get(value["oid"])
                     if content is None:
                         self._error(400, f"LFS object {value['oid']} for {value['path']} was never uploaded")
                         return

@@ -27,10 +27,15 @@ class AgeResult:
 
 
 def _labels(table: pa.Table) -> tuple[list[str | None], str]:
-    if STAGE_LABEL_COLUMN in table.column_names:
-        return table.column(STAGE_LABEL_COLUMN).to_pylist(), STAGE_LABEL_COLUMN
-    if STAGE_ID_COLUMN in table.column_names:
-        return [stage_label(t) for t in table.column(STAGE_ID_COLUMN).to_pylist()], STAGE_ID_COLUMN
+    """Stage label per cell: ``development_stage``, or where that is absent or null, the label of
+    ``development_stage_ontology_term_id``."""
+    names = table.column_names
+    ids = table.column(STAGE_ID_COLUMN).to_pylist() if STAGE_ID_COLUMN in names else [None] * table.num_rows
+    if STAGE_LABEL_COLUMN in names:
+        labels = table.column(STAGE_LABEL_COLUMN).to_pylist()
+        return [label if label is not None else stage_label(i) for label, i in zip(labels, ids)], STAGE_LABEL_COLUMN
+    if STAGE_ID_COLUMN in names:
+        return [stage_label(i) for i in ids], STAGE_ID_COLUMN
     return [None] * table.num_rows, "none"
 
 

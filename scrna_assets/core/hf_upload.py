@@ -342,9 +342,14 @@ def upload_dataset(
     except HubUploadError:
         raise
     except Exception as error:
-        problem = _problem(stage, error, token)
-        leaked = token in str(error) or any(token in str(arg) for arg in getattr(error, "args", ()))
-        raise HubUploadError(repo_id, problem) from (None if leaked else error)
+        failure = HubUploadError(repo_id, _problem(stage, error, token))
+        if token not in str(error) and not any(token in str(arg) for arg in error.args):
+            raise failure from error
+        # The server echoed the token: raise outside this block so no chained exception carries it.
+    else:
+        failure = None
+    if failure is not None:
+        raise failure
     return {
         "status": "uploaded",
         "repo_id": repo_id,

@@ -55,12 +55,15 @@ def test_age_from_development_stage_labels(tmp_path: Path) -> None:
 
 
 def test_label_column_wins_over_term_id(tmp_path: Path) -> None:
-    """When both columns exist the label is used, even if the term id says otherwise."""
+    """When both columns exist the label is used, even if the term id says otherwise; only a
+    missing label falls back to the term id's label."""
     ids = ["HsapDv:0000144"] * 7  # 50-year-old stage
     folder = interim(tmp_path, factory.write_stages(tmp_path / "in.h5ad", LABELS, ids))
     result, table = aged(tmp_path, folder)
     assert result.age_source == "development_stage"
-    assert table.column("age").to_pylist() == LABEL_AGES
+    expected = [50.0 if label is None else age for label, age in zip(LABELS, LABEL_AGES)]
+    assert None in LABELS and expected != LABEL_AGES
+    assert table.column("age").to_pylist() == expected
 
 
 def test_age_from_ontology_term_ids(tmp_path: Path) -> None:

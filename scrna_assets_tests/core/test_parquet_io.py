@@ -84,14 +84,12 @@ def test_every_codec_round_trips(tmp_path: Path, codec: str) -> None:
     assert stored == ("UNCOMPRESSED" if codec == "none" else codec.upper())
 
 
-@pytest.mark.xfail(
-    reason="BUG: ChunkWriter accepts max_rows < 1; with max_rows=0 write() loops forever writing empty files",
-    strict=True,
-)
-def test_non_positive_max_rows_is_value_error(tmp_path: Path) -> None:
-    """max_rows=0 can never be satisfied; it must be refused instead of looping."""
-    with pytest.raises(ValueError):
-        ChunkWriter(tmp_path / "c", "zstd", 0)
+@pytest.mark.parametrize("max_rows", [0, -3])
+def test_non_positive_max_rows_is_value_error(tmp_path: Path, max_rows: int) -> None:
+    """max_rows < 1 can never be satisfied; it must be refused up front (it used to make
+    write() loop forever, writing empty files)."""
+    with pytest.raises(ValueError, match="max_rows"):
+        ChunkWriter(tmp_path / "c", "zstd", max_rows)
 
 
 def test_chunk_files_sorted_and_filtered(tmp_path: Path) -> None:
