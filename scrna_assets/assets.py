@@ -20,7 +20,7 @@ from scrna_assets.core.add_age import add_ages
 from scrna_assets.core.convert import convert_h5ad
 from scrna_assets.core.errors import InputError
 from scrna_assets.core.hgnc import resolve_hgnc_mapping
-from scrna_assets.core.hf_upload import upload_dataset
+from scrna_assets.core.hf_upload import HubUploadError, upload_dataset
 from scrna_assets.core.split import split_chunks
 from scrna_assets.inputs import find_dataset_file
 from scrna_assets.io_manager import StagedFolder
@@ -58,6 +58,8 @@ def _dataset_step(settings: PipelineSettings, dataset: str, step: str) -> Iterat
             yield step_log
     except InputError as error:
         raise Failure(description=str(error), allow_retries=False) from error
+    except HubUploadError as error:  # its message is already scrubbed of the token; retries are allowed
+        raise Failure(description=str(error)) from error
     except ValueError as error:
         raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error
 

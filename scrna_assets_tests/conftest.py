@@ -52,3 +52,21 @@ def instance(tmp_path: Path):
     home.mkdir()
     with DagsterInstance.local_temp(str(home)) as dagster_instance:
         yield dagster_instance
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """A running local Hub on 127.0.0.1 that the real huggingface_hub client talks to (token from
+    HF_TOKEN); stopped after the test, which fails if the client used an endpoint it lacks."""
+    from huggingface_hub.utils import close_session
+
+    from scrna_assets_tests.hub_server import TOKEN, LocalHub, hub_client_env
+
+    server = LocalHub().start()
+    hub_client_env(monkeypatch, server.url, TOKEN)
+    try:
+        yield server
+    finally:
+        server.stop()
+        close_session()
+    assert server.unhandled == [], f"the client called endpoints the local hub lacks: {server.unhandled}"

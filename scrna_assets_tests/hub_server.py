@@ -64,6 +64,10 @@ _LFS_SUFFIXES = (".parquet", ".arrow", ".bin", ".safetensors", ".h5ad", ".zip", 
 _LFS_MIN_SIZE = 10 * 1024 * 1024
 
 
+TOKEN = "hf_localTestToken0123456789abcdef"
+"""The token tests hand to the client; it must reach the server and nothing else."""
+
+
 def git_blob_sha1(content: bytes) -> str:
     """The git object id of a regular file, as the Hub reports it."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
@@ -268,7 +272,7 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _error(self, status: int, message: str, code: str | None = None) -> None:
-        headers = {"X-Error-Message": message}
+        headers = {"X-Error-Message": " ".join(message.split())}  # one header line, whatever the message
         if code:
             headers["X-Error-Code"] = code
         self._send(status, {"error": message}, headers)

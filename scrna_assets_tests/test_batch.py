@@ -179,3 +179,29 @@ def test_missing_token_with_repo_id_is_refused_up_front(batch_folder: Path) -> N
     result = invoke("run-all", str(batch_folder), "--batch-mode", "--repo-id", "lab/cells")
     assert result.exit_code == 2
     assert "--repo-id needs a token: pass --token or set HF_TOKEN" in result.output
+
+
+def test_uploads_go_to_one_repo_per_dataset_in_batch_and_to_the_repo_itself_for_one_file(
+    batch_folder: Path, example_files, hub
+) -> None:
+    from scrna_assets_tests.hub_server import TOKEN
+
+    for bad in ("truncated.h5ad", "no_x.h5ad"):
+        (batch_folder / bad).unlink()
+    hgnc = ["--hgnc-file", str(example_files[1])]
+    batch = invoke("run-all", str(batch_folder), "--batch-mode", *hgnc, "--repo-id", "lab/cells", "--token", TOKEN)
+    assert batch.exit_code == 0, batch.output
+    assert sorted(hub.repos) == [("dataset", "lab/cells-my_data_set"), ("dataset", "lab/cells-second")]
+    repo = hub.repo("lab/cells-second")
+    assert repo.private is True
+    assert sorted(repo.files) == ["README.md", "test/chunks/chunk_0000.parquet", "train/chunks/chunk_0000.parquet"]
+    assert "second.H5AD" in repo.files["README.md"].content.decode()
+    record = json.loads((batch_folder.parent / "data/output/second/hf_upload.json").read_text())
+    assert (record["status"], record["repo_id"]) == ("uploaded", "lab/cells-second")
+    single = invoke("run-all", str(batch_folder / "second.H5AD"), *hgnc, "--repo-id", "lab/cells", "--public")
+    assert single.exit_code == 0, single.output
+    assert hub.repo("lab/cells").private is False
+    # --skip-existing also requires the upload to that repository: "second" last went to lab/cells
+    again = invoke("run-all", str(batch_folder), "--batch-mode", *hgnc, "--repo-id", "lab/cells", "--skip-existing")
+    assert "Total: 2  Succeeded: 1  Failed: 0  Skipped: 1" in again.output
+    assert "SKIPPED my_data_set:" in again.output

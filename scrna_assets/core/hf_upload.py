@@ -308,8 +308,12 @@ def upload_dataset(
         raise HubUploadError(repo_id, "no HuggingFace token found: set HF_TOKEN or run `hf auth login`")
 
     api = HfApi()
-    stage = "creating the repository"
+    stage = "reading the local parquet chunks"
     try:
+        # The card first: a damaged chunk must fail before anything is created on the Hub.
+        card = dataset_card(folder, repo_id, details).encode("utf-8")
+        local = {f"{s.repo_dir}/{p.name}": p for s in splits for p in s.files}
+        stage = "creating the repository"
         repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         stage = "reading the repository's visibility"
         actual_private = api.repo_info(repo_id, repo_type="dataset").private
@@ -319,13 +323,11 @@ def upload_dataset(
                 "make it private on the Hub or choose another repo id",
             )
         stage = "listing the repository's files"
-        local = {f"{s.repo_dir}/{p.name}": p for s in splits for p in s.files}
         remote = api.list_repo_files(repo_id, repo_type="dataset")
         stale = sorted(
             path for path in remote
             if path not in local and path.endswith(".parquet") and path.rsplit("/", 1)[0] in _CHUNK_DIRS
         )
-        card = dataset_card(folder, repo_id, details).encode("utf-8")
         operations: list[CommitOperationAdd | CommitOperationDelete] = [
             CommitOperationAdd(path_in_repo=CARD_PATH, path_or_fileobj=card),
             *(CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(p)) for path, p in sorted(local.items())),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ import pytest
 import yaml
 
 from scrna_assets.core.hf_upload import HubUploadError, dataset_card, upload_dataset
-from scrna_assets_tests.hub_server import LocalHub, hub_client_env
+from scrna_assets_tests.hub_server import TOKEN, LocalHub, hub_client_env
 
-TOKEN = "hf_localTestToken0123456789abcdef"
 REPO = "ageing-lab/heart-cell-sentences"
 PARQUET_PATHS = {
     "train/chunks/chunk_0000.parquet",
@@ -64,21 +62,6 @@ def dataset_folder(tmp_path: Path) -> Path:
     (folder / "hf_upload.json").write_text('{"status": "old"}\n')
     (folder / "provenance.json").write_text(json.dumps(DETAILS))
     return folder
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    """A running local Hub the client talks to (token from HF_TOKEN); stopped after the test."""
-    from huggingface_hub.utils import close_session
-
-    server = LocalHub().start()
-    hub_client_env(monkeypatch, server.url, TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
-        close_session()
-    assert server.unhandled == [], f"the client called endpoints the local hub lacks: {server.unhandled}"
 
 
 def _front_matter(card: str) -> dict[str, Any]:
@@ -301,3 +284,13 @@ def test_card_is_deterministic_and_skips_empty_splits(dataset_folder: Path) -> N
     assert _front_matter(card)["configs"][0]["data_files"] == [{"split": "train", "path": "train/chunks/*.parquet"}]
     assert "Source file: not recorded" in card
     assert "Not recorded." in card  # no parameters given
+
+
+def test_damaged_chunk_fails_before_touching_the_hub(hub: LocalHub, dataset_folder: Path) -> None:
+    (dataset_folder / "test/chunks/chunk_0000.parquet").write_bytes(b"not parquet")
+
+    with pytest.raises(HubUploadError, match="reading the local parquet chunks") as caught:
+        upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert REPO in str(caught.value)
+    assert sum(hub.calls.values()) == 0 and hub.repos == {}
