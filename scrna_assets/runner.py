@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
-from dagster import AssetKey, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
+from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.definitions import ALL_ASSETS, build_resources
 from scrna_assets.inputs import datasets_by_name
 from scrna_assets.layout import INTERIM_ASSETS, OUTPUT_ASSET, DatasetLayout
@@ -37,6 +38,7 @@ STEPS: dict[int, tuple[str, str]] = {
     5: ("hf_upload", "Uploading to the HuggingFace Hub"),
 }
 DATASET_STEPS = (2, 3, 4, 5)
+PASSED = "PASSED"
 # Failures reach the user as one line from the runner; Dagster's own console log would repeat them
 # with stack traces, so it is silenced unless --debug.
 QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -73,6 +75,12 @@ class StepResult:
     success: bool
     message: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, str] = field(default_factory=dict)
+    """Check name -> PASSED, or the severity (ERROR or WARN) of a check that did not pass."""
+
+    @property
+    def failed_checks(self) -> dict[str, str]:
+        return {name: outcome for name, outcome in self.checks.items() if outcome != PASSED}
 
 
 def _failure_message(result: ExecuteInProcessResult) -> str:
@@ -86,6 +94,13 @@ def _failure_message(result: ExecuteInProcessResult) -> str:
                 error = error.cause
             return error.message.strip()
     return "the run failed without a step failure"
+
+
+def _checks(result: ExecuteInProcessResult) -> dict[str, str]:
+    return {
+        evaluation.check_name: PASSED if evaluation.passed else evaluation.severity.value
+        for evaluation in result.get_asset_check_evaluations()
+    }
 
 
 def _figures(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
@@ -125,8 +140,8 @@ class PipelineRunner:
         if asset == "parquet_chunks" and h5ad_path is not None:
             run_config["ops"] = {"parquet_chunks": {"config": {"h5ad_path": str(h5ad_path)}}}
         result = materialize(
-            ALL_ASSETS,
-            selection=[AssetKey(asset)],
+            [*ALL_ASSETS, *ALL_CHECKS],
+            selection=AssetSelection.assets(asset),
             partition_key=dataset,
             instance=self.instance,
             resources=build_resources(self.settings),
@@ -137,7 +152,7 @@ class PipelineRunner:
         release_memory()
         if not result.success:
             return StepResult(step, asset, False, _failure_message(result))
-        return StepResult(step, asset, True, figures=_figures(result, asset))
+        return StepResult(step, asset, True, figures=_figures(result, asset), checks=_checks(result))
 
     def discard_partial(self, dataset: str) -> list[Path]:
         """After a failed step: remove this dataset's interim folders; published outputs are
@@ -228,11 +243,23 @@ def _name_or_empty(path: Path) -> str:
 def _outcome(dataset: str, path: Path, results: list[StepResult], seconds: float) -> DatasetOutcome:
     figures = {r.asset: r.figures for r in results}
     failed = next((r for r in results if not r.success), None)
+    checks = {name: severity for r in results for name, severity in r.failed_checks.items()}
+    errors = sorted(n for n, s in checks.items() if s == AssetCheckSeverity.ERROR.value)
+    warnings = sorted(n for n, s in checks.items() if s != AssetCheckSeverity.ERROR.value)
+    if failed:
+        message = f"step {failed.step} ({failed.asset}): {failed.message}"
+    else:
+        message = "; ".join(
+            part for part in (
+                f"failed checks: {', '.join(errors)}" if errors else "",
+                f"check warnings: {', '.join(warnings)}" if warnings else "",
+            ) if part
+        )
     return DatasetOutcome(
         dataset=dataset,
         input_file=str(path),
-        status=FAILED if failed else SUCCESS,
-        message=f"step {failed.step} ({failed.asset}): {failed.message}" if failed else "",
+        status=FAILED if failed or errors else SUCCESS,
+        message=message,
         cells_read=int(figures.get("parquet_chunks", {}).get("cells", 0)),
         cells_with_age=int(figures.get("aged_chunks", {}).get("cells_with_age", 0)),
         train_cells=int(figures.get("train_test_splits", {}).get("train_cells", 0)),

@@ -42,7 +42,7 @@ def render_summary(rows: list[DatasetOutcome], directories: dict[str, str]) -> s
             detail = (
                 f"{row.cells_read} cells, {row.cells_with_age} with age, "
                 f"train {row.train_cells} / test {row.test_cells} ({row.seconds:.1f} s)"
-            )
+            ) + (f"; {row.message}" if row.message else "")
         else:
             detail = row.message
         lines.append(f"{marks[row.status]} {row.dataset or row.input_file}: {detail}")

@@ -50,7 +50,7 @@ def instance(tmp_path: Path):
 
     home = tmp_path / "dagster_home"
     home.mkdir()
-    with DagsterInstance.local_temp(str(home)) as dagster_instance:
+    with DagsterInstance.local_temp(str(home), overrides={"telemetry": {"enabled": False}}) as dagster_instance:
         yield dagster_instance
 
 

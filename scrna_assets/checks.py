@@ -1,0 +1,88 @@
+"""Partitioned asset checks on the published train/test data: each reads only its partition."""
+
+import os
+import warnings
+from pathlib import Path
+
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, PreviewWarning, asset_check
+
+from scrna_assets.assets import train_test_splits
+from scrna_assets.core.quality import split_facts
+from scrna_assets.partitions import datasets_partitions
+from scrna_assets.provenance import read_provenance
+from scrna_assets.resources import PipelineSettings
+
+# Partitioned checks are a preview feature of Dagster 1.13; they are what lets a check read only its
+# own partition, so we use them and keep the notice out of every command's output.
+warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
+
+MIN_AGE_SHARE = float(os.environ.get("SCRNA_MIN_AGE_SHARE", "0.5"))
+MAX_EMPTY_SHARE = float(os.environ.get("SCRNA_MAX_EMPTY_SHARE", "0.05"))
+
+
+def _provenance(folder: Path) -> tuple[dict, dict]:
+    record = read_provenance(folder) or {}
+    return record.get("parameters", {}), record.get("figures", {})
+
+
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions, description="No donor has cells in both train and test.")
+def no_donor_in_both_splits(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
+    facts = split_facts(train_test_splits)
+    shared = sorted(facts.donors.get("train", set()) & facts.donors.get("test", set()))
+    return AssetCheckResult(
+        passed=not shared,
+        metadata={"donors_in_both": len(shared), "examples": ", ".join(shared[:10]),
+                  "train_donors": len(facts.donors.get("train", ())), "test_donors": len(facts.donors.get("test", ()))},
+    )
+
+
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
+             description="Test share as the contract says: exact per-age counts (cell) or within the largest donor's share (donor).")
+def test_share_within_contract(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
+    parameters, figures = _provenance(train_test_splits)
+    facts = split_facts(train_test_splits)
+    mode, test_size = figures.get("split_by", "none"), parameters.get("test_size")
+    metadata = {"split_by": mode, "test_share": round(facts.test_share, 6), "test_size": test_size or 0.0}
+    if mode == "cell":
+        expected = facts.expected_cell_mode_test_cells(test_size)
+        return AssetCheckResult(passed=facts.cells.get("test", 0) == expected, metadata={**metadata, "expected_test_cells": expected})
+    if mode == "donor":
+        bound = facts.largest_donor_share
+        return AssetCheckResult(passed=abs(facts.test_share - test_size) <= bound + 1e-12, metadata={**metadata, "bound": round(bound, 6)})
+    return AssetCheckResult(passed=facts.cells.get("test", 0) == 0, metadata={**metadata, "note": "no split requested"})
+
+
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
+             description=f"At least SCRNA_MIN_AGE_SHARE (default {MIN_AGE_SHARE:g}) of the cells read have an age.")
+def share_of_cells_with_age(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
+    _, figures = _provenance(train_test_splits)
+    cells, aged = figures.get("cells", 0), figures.get("cells_with_age", 0)
+    share = aged / cells if cells else 0.0
+    return AssetCheckResult(
+        passed=share >= MIN_AGE_SHARE, severity=AssetCheckSeverity.WARN,
+        metadata={"cells": cells, "cells_with_age": aged, "share": round(share, 6), "threshold": MIN_AGE_SHARE},
+    )
+
+
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
+             description=f"At most SCRNA_MAX_EMPTY_SHARE (default {MAX_EMPTY_SHARE:g}) of the cells have an empty sentence.")
+def empty_sentence_share(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
+    facts = split_facts(train_test_splits)
+    share = facts.empty_sentences / facts.total if facts.total else 0.0
+    return AssetCheckResult(
+        passed=share <= MAX_EMPTY_SHARE, severity=AssetCheckSeverity.WARN,
+        metadata={"empty_sentences": facts.empty_sentences, "cells": facts.total, "share": round(share, 6), "threshold": MAX_EMPTY_SHARE},
+    )
+
+
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
+             description="Every chunk file is readable parquet with the expected columns and at most --chunk-size rows.")
+def chunk_files_readable(context: AssetCheckExecutionContext, train_test_splits: Path, settings: PipelineSettings) -> AssetCheckResult:
+    facts = split_facts(train_test_splits, max_rows=settings.chunk_size)
+    return AssetCheckResult(
+        passed=not facts.schema_problems,
+        metadata={"problems": len(facts.schema_problems), "first_problems": "; ".join(facts.schema_problems[:5]), "cells": facts.total},
+    )
+
+
+ALL_CHECKS = [no_donor_in_both_splits, test_share_within_contract, share_of_cells_with_age, empty_sentence_share, chunk_files_readable]

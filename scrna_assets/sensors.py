@@ -1,0 +1,102 @@
+"""A sensor that turns every new or changed h5ad file in the input folder into a partition run.
+
+Files still being written (size or mtime changed since the last tick, or younger than the settle
+time) wait; bad names and name collisions are reported in the tick and never registered.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from dagster import (
+    AssetKey,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+
+from scrna_assets.inputs import datasets_by_name, h5ad_files
+from scrna_assets.jobs import dataset_job, hgnc_job
+from scrna_assets.partitions import DATASETS_PARTITIONS_NAME, datasets_partitions
+from scrna_assets.resources import PipelineSettings
+
+SENSOR_INTERVAL_SECONDS = int(os.environ.get("SCRNA_SENSOR_INTERVAL", "30"))
+SETTLE_SECONDS = float(os.environ.get("SCRNA_SENSOR_SETTLE_SECONDS", "10"))
+HGNC_RUN_KEY = "hgnc_mapper:first"
+
+
+def fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def evaluate_folder(
+    folder: Path, cursor: dict[str, dict[str, str]], now: float, settle_seconds: float
+) -> tuple[list[tuple[str, Path, str]], list[str], dict[str, dict[str, str]]]:
+    """(ready datasets as (name, path, fingerprint), reasons for waiting or refusing, new cursor).
+
+    The cursor remembers each file's fingerprint from the previous tick ("seen") and the
+    fingerprint last sent for processing ("sent"), so a file is requested once per version.
+    """
+    seen: dict[str, str] = {}
+    sent = dict(cursor.get("sent", {}))
+    ready, reasons = [], []
+    names, errors = datasets_by_name(h5ad_files(folder))
+    reasons += [f"not registered: {error}" for error in errors]
+    for name, path in sorted(names.items()):
+        try:
+            current = fingerprint(path)
+            age = now - path.stat().st_mtime
+        except OSError as error:
+            reasons.append(f"not registered: {path}: {error.strerror}")
+            continue
+        seen[path.name] = current
+        if sent.get(name) == current:
+            continue
+        if cursor.get("seen", {}).get(path.name) != current or age < settle_seconds:
+            reasons.append(f"waiting for {path.name} to settle (still changing or younger than {settle_seconds:g} s)")
+            continue
+        ready.append((name, path, current))
+    return ready, reasons, {"seen": seen, "sent": sent}
+
+
+@sensor(
+    jobs=[dataset_job, hgnc_job],
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Registers new or changed *.h5ad files in the input folder as partitions and runs them.",
+)
+def h5ad_file_sensor(context: SensorEvaluationContext, settings: PipelineSettings) -> SensorResult:
+    folder = Path(settings.input_dir)
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    ready, reasons, new_cursor = evaluate_folder(folder, cursor, time.time(), SETTLE_SECONDS)
+    for reason in reasons:
+        if reason.startswith("not registered"):
+            context.log.warning(reason)
+    if ready and context.instance.get_latest_materialization_event(AssetKey("hgnc_mapper")) is None:
+        # Partition runs load the mapping: build it once first, and hold the files until it exists.
+        return SensorResult(
+            run_requests=[RunRequest(run_key=HGNC_RUN_KEY, job_name=hgnc_job.name)],
+            cursor=json.dumps(new_cursor, sort_keys=True),
+        )
+    requests = []
+    for name, path, current in ready:
+        requests.append(
+            RunRequest(
+                run_key=f"{name}:{current}",
+                job_name=dataset_job.name,
+                partition_key=name,
+                tags={"scrna_assets/source": "sensor", "scrna_assets/input_file": str(path)},
+            )
+        )
+        new_cursor["sent"][name] = current
+    new_names = [name for name, _, _ in ready if not context.instance.has_dynamic_partition(DATASETS_PARTITIONS_NAME, name)]
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[datasets_partitions.build_add_request(new_names)] if new_names else [],
+        cursor=json.dumps(new_cursor, sort_keys=True),
+        skip_reason=None if requests else ("; ".join(reasons) or "no new or changed h5ad files"),
+    )
