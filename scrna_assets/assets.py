@@ -31,6 +31,7 @@ from scrna_assets.provenance import (
     conversion_parameters,
     input_fingerprint,
     mapping_digest,
+    quick_hash,
     read_provenance,
     split_parameters,
     write_provenance,
@@ -105,7 +106,7 @@ def parquet_chunks(
             empty_sentences=result.empty_sentences, seconds=round(time.perf_counter() - started, 3),
             **result.gene_counts,
         )
-    metadata = dict(step.figures, source=MetadataValue.path(str(source)))
+    metadata = dict(step.figures, source=MetadataValue.path(str(source)), input_quick_hash=quick_hash(source))
     return Output(StagedFolder(staging), metadata=metadata)
 
 

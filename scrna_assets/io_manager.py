@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from scrna_assets.core.parquet_io import chunk_files
@@ -26,9 +27,11 @@ class StagedFolder:
 
 
 def folder_metadata(folder: Path) -> dict[str, Any]:
+    """Rows (from parquet footers, no data read), chunk files and bytes of a published folder."""
     files = sorted(folder.rglob("chunk_*.parquet"))
     return {
         "path": MetadataValue.path(str(folder)),
+        "rows": sum(pq.read_metadata(f).num_rows for f in files),
         "chunk_files": len(files),
         "bytes": sum(f.stat().st_size for f in files),
     }

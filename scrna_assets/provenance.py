@@ -23,6 +23,17 @@ def input_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def quick_hash(path: Path, sample: int = 1 << 20) -> str:
+    """sha256 of the size plus the first and last MiB: identifies a file version without reading
+    terabytes (a full content hash would cost a whole extra pass over the input)."""
+    digest = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(sample))
+        handle.seek(max(0, path.stat().st_size - sample))
+        digest.update(handle.read(sample))
+    return digest.hexdigest()
+
+
 def mapping_digest(mapping: pl.DataFrame) -> str:
     """sha256 of the Ensembl->symbol pairs, so a changed HGNC table makes outputs stale."""
     digest = hashlib.sha256()

@@ -206,3 +206,28 @@ def test_csc_and_dense_inputs_give_the_same_output_as_csr(tmp_path: Path, make_s
         assert all(r.success for r in run(settings, instance, "same", path))
         digests[kind] = digest(tmp_path / f"out_{kind}" / "same")
     assert digests["csr"] == digests["csc"] == digests["dense"]
+
+
+def test_materialization_metadata(example_files, make_settings, instance) -> None:
+    """What the UI shows for each materialization: figures, folder facts, histogram, input hash."""
+    from dagster import AssetKey
+
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), keep_interim=True)
+    assert all(r.success for r in run(settings, instance, EXAMPLE, h5ad))
+
+    def metadata(asset: str) -> dict:
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+        return {k: getattr(v, "value", getattr(v, "text", v)) for k, v in event.asset_materialization.metadata.items()}
+
+    converted = metadata("parquet_chunks")
+    assert (converted["rows"], converted["chunk_files"], converted["genes_mapped_hgnc"]) == (3000, 1, 1160)
+    assert converted["bytes"] == (Path(settings.interim_dir) / "parquet_chunks" / EXAMPLE / "chunks/chunk_0000.parquet").stat().st_size
+    assert len(converted["input_quick_hash"]) == 64
+    aged = metadata("aged_chunks")
+    assert (aged["cells_with_age"], aged["cells_without_age"]) == (2744, 256)
+    assert aged["age_histogram"].splitlines()[:2] == ["| age (years) | cells |", "|---|---|"]
+    assert sum(int(line.split("|")[2]) for line in aged["age_histogram"].splitlines()[2:]) == 2744
+    split = metadata("train_test_splits")
+    assert (split["rows"], split["train_cells"], split["test_cells"], split["test_share"]) == (2744, 2599, 145, 0.052843)
+    assert (split["train_donors"], split["test_donors"]) == (34, 2)
