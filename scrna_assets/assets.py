@@ -2,8 +2,8 @@
 
 
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -24,7 +24,7 @@ from scrna_assets.core.hf_upload import HubUploadError, upload_dataset
 from scrna_assets.core.split import split_chunks
 from scrna_assets.inputs import find_dataset_file
 from scrna_assets.io_manager import StagedFolder
-from scrna_assets.layout import DatasetLayout
+from scrna_assets.layout import DatasetBusyError, DatasetLayout
 from scrna_assets.logs import DatasetLog, StepLog
 from scrna_assets.partitions import datasets_partitions
 from scrna_assets.provenance import (
@@ -46,6 +46,13 @@ class ConvertConfig(Config):
     """The input file. Empty: the file in the input folder whose sanitized name is the partition."""
 
 
+def _fingerprint(source: Path) -> dict:
+    try:
+        return input_fingerprint(source)
+    except FileNotFoundError:
+        raise InputError(source, "disappeared while being read; nothing was published") from None
+
+
 def _layout(settings: PipelineSettings) -> DatasetLayout:
     return DatasetLayout.from_roots(settings.interim_dir, settings.output_dir, settings.log_dir)
 
@@ -59,8 +66,27 @@ def _dataset_step(settings: PipelineSettings, dataset: str, step: str) -> Iterat
             yield step_log
     except InputError as error:
         raise Failure(description=str(error), allow_retries=False) from error
-    except HubUploadError as error:  # its message is already scrubbed of the token; retries are allowed
+    except (HubUploadError, DatasetBusyError) as error:  # upload errors are scrubbed of the token
         raise Failure(description=str(error)) from error
+    except OSError as error:  # a write error (disk full, permissions): that dataset fails, clearly
+        raise Failure(description=f"{dataset}: {step}: {error}", allow_retries=False) from error
+
+
+@contextmanager
+def _locked_staging(layout: DatasetLayout, asset: str, dataset: str) -> Iterator[tuple[Path, ExitStack]]:
+    """Take the dataset lock, clear what a crashed run left, and give a fresh staging folder.
+
+    The lock stays held after a successful body: the IO manager releases it once it has
+    published the folder. On failure the folder is removed and the lock released here."""
+    lock = ExitStack()
+    lock.enter_context(layout.dataset_lock(dataset))
+    try:
+        layout.clear_stale_staging(asset, dataset)
+        with layout.staging(asset, dataset) as staging:
+            yield staging, lock
+    except BaseException:
+        lock.close()
+        raise
     except ValueError as error:
         raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error
 
@@ -82,9 +108,11 @@ def parquet_chunks(
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "parquet_chunks") as step:
         source = Path(config.h5ad_path) if config.h5ad_path else find_dataset_file(Path(settings.input_dir), dataset)
-        layout.clear_stale_staging("parquet_chunks", dataset)
+        if source.is_dir():
+            raise InputError(source, "is a directory, not an h5ad file")
         started = time.perf_counter()
-        with layout.staging("parquet_chunks", dataset) as staging:
+        with _locked_staging(layout, "parquet_chunks", dataset) as (staging, lock):
+            before = _fingerprint(source)
             result = convert_h5ad(
                 source,
                 dataset,
@@ -95,8 +123,10 @@ def parquet_chunks(
                 settings.compression,
                 settings.matrix,
             )
+            if _fingerprint(source) != before:
+                raise InputError(source, "changed while being read (size or mtime differ); nothing was published")
             write_provenance(staging, {
-                "input": input_fingerprint(source),
+                "input": before,
                 "parameters": conversion_parameters(settings, mapping_digest(hgnc_mapper)),
                 "figures": {"cells": result.n_cells, "genes": result.n_vars, **result.gene_counts},
             })
@@ -107,7 +137,7 @@ def parquet_chunks(
             **result.gene_counts,
         )
     metadata = dict(step.figures, source=MetadataValue.path(str(source)), input_quick_hash=quick_hash(source))
-    return Output(StagedFolder(staging), metadata=metadata)
+    return Output(StagedFolder(staging, lock.close), metadata=metadata)
 
 
 @asset(group_name=GROUP, partitions_def=datasets_partitions, description="parquet_chunks plus the donor age in years.")
@@ -115,9 +145,8 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
     dataset = context.partition_key
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "aged_chunks") as step:
-        layout.clear_stale_staging("aged_chunks", dataset)
         started = time.perf_counter()
-        with layout.staging("aged_chunks", dataset) as staging:
+        with _locked_staging(layout, "aged_chunks", dataset) as (staging, lock):
             result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression, settings.chunk_size)
             record = read_provenance(parquet_chunks) or {}
             record.setdefault("figures", {}).update(cells_with_age=result.with_age, cells_without_age=result.without_age)
@@ -130,7 +159,7 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
         if result.unparsed_labels:
             step.figures["stages_without_age"] = result.unparsed_labels
     histogram = "\n".join(["| age (years) | cells |", "|---|---|"] + [f"| {a:g} | {n} |" for a, n in result.age_counts.items()])
-    return Output(StagedFolder(staging), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
+    return Output(StagedFolder(staging, lock.close), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
 
 
 @asset(group_name=GROUP, partitions_def=datasets_partitions, description="Aged cells split into train/test (or one chunks/ folder with --skip-train-test-split).")
@@ -138,9 +167,8 @@ def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings
     dataset = context.partition_key
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "train_test_splits") as step:
-        layout.clear_stale_staging("train_test_splits", dataset)
         started = time.perf_counter()
-        with layout.staging("train_test_splits", dataset) as staging:
+        with _locked_staging(layout, "train_test_splits", dataset) as (staging, lock):
             if settings.skip_train_test_split:
                 result = split_chunks(
                     aged_chunks / "chunks", staging / "chunks", None, 0.0, settings.seed, "auto",
@@ -165,7 +193,7 @@ def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings
             train_donors=result.train_donors, test_donors=result.test_donors,
             seconds=round(time.perf_counter() - started, 3),
         )
-    return Output(StagedFolder(staging), metadata=dict(step.figures))
+    return Output(StagedFolder(staging, lock.close), metadata=dict(step.figures))
 
 
 @asset(group_name=GROUP, partitions_def=datasets_partitions, description="The split dataset on the HuggingFace Hub (skipped without --repo-id).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from scrna_assets.resources import PipelineSettings
 
 @dataclass(frozen=True)
 class StagedFolder:
-    """A complete asset output, written to a staging folder and waiting to be published."""
+    """A complete asset output, written to a staging folder and waiting to be published, with the
+    release of the dataset lock that the asset took and that publication ends."""
 
     path: Path
+    release: Callable[[], None] = lambda: None
 
 
 def folder_metadata(folder: Path) -> dict[str, Any]:
@@ -56,7 +59,10 @@ class DatasetIOManager(ConfigurableIOManager):
         dataset = context.partition_key
         if isinstance(obj, StagedFolder):
             final = self.layout.asset_dir(asset, dataset)
-            publish(obj.path, final)
+            try:
+                publish(obj.path, final)
+            finally:
+                obj.release()
             context.add_output_metadata(folder_metadata(final))
             if asset == OUTPUT_ASSET and not self.settings.keep_interim:
                 removed = self.layout.remove_dataset(dataset, INTERIM_ASSETS)

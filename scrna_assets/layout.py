@@ -6,6 +6,7 @@ renames it into place, so readers never see half a dataset and stale chunks neve
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
@@ -14,12 +15,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from scrna_assets.partitions import sanitize_name
+
 STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
 # "+" never occurs in a sanitized dataset name, so "<name>+" can't match another dataset's folders.
 _SEP = "+"
 OUTPUT_ASSET = "train_test_splits"
 INTERIM_ASSETS = ("parquet_chunks", "aged_chunks")
+
+
+class DatasetBusyError(RuntimeError):
+    """Another run holds this dataset's lock."""
+
+
+def _check_dataset(dataset: str) -> str:
+    if not dataset or sanitize_name(dataset) != dataset:
+        raise ValueError(f"{dataset!r} is not a dataset name (names are sanitized file names)")
+    return dataset
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,10 @@ class DatasetLayout:
 
     # -- final locations --------------------------------------------------------------------
     def asset_dir(self, asset: str, dataset: str) -> Path:
-        """The folder an asset publishes for one dataset; chunk files sit in its ``chunks/``."""
+        """The folder an asset publishes for one dataset; chunk files sit in its ``chunks/``.
+
+        Only sanitized names are accepted, so no partition key can point outside the roots."""
+        _check_dataset(dataset)
         if asset in INTERIM_ASSETS:
             return self.interim_dir / asset / dataset
         if asset == OUTPUT_ASSET:
@@ -54,7 +70,27 @@ class DatasetLayout:
         return self.output_dir / dataset / "hf_upload.json"
 
     def dataset_log_dir(self, dataset: str) -> Path:
+        _check_dataset(dataset)
         return self.log_dir / dataset
+
+    @contextmanager
+    def dataset_lock(self, dataset: str) -> Iterator[None]:
+        """Exclusive per-dataset lock (``flock``, released by the OS if the process dies), so two
+        runs of the same dataset never write at once: the second fails at once, clearly."""
+        lock_dir = self.interim_dir / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{_check_dataset(dataset)}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DatasetBusyError(
+                    f"dataset {dataset!r} is being processed by another run (lock {lock_dir / (dataset + '.lock')}); "
+                    "nothing was written, try again when it has finished"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- staging and publication ---------------------------------------------------------------
     def _staging_parent(self, asset: str, dataset: str) -> Path:
