@@ -30,7 +30,11 @@ class DatasetBusyError(RuntimeError):
 
 
 def _check_dataset(dataset: str) -> str:
-    if not dataset or sanitize_name(dataset) != dataset:
+    try:
+        valid = sanitize_name(dataset) == dataset
+    except ValueError:
+        valid = False
+    if not valid:
         raise ValueError(f"{dataset!r} is not a dataset name (names are sanitized file names)")
     return dataset
 
