@@ -169,16 +169,14 @@ def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings
     with _dataset_step(settings, dataset, "train_test_splits") as step:
         started = time.perf_counter()
         with _locked_staging(layout, "train_test_splits", dataset) as (staging, lock):
-            if settings.skip_train_test_split:
-                result = split_chunks(
-                    aged_chunks / "chunks", staging / "chunks", None, 0.0, settings.seed, "auto",
-                    settings.compression, settings.chunk_size,
-                )
+            if settings.skip_train_test_split:  # every aged cell into <name>/chunks/
+                train_folder, test_folder = staging / "chunks", None
             else:
-                result = split_chunks(
-                    aged_chunks / "chunks", staging / "train" / "chunks", staging / "test" / "chunks",
-                    settings.test_size, settings.seed, settings.split_by, settings.compression, settings.chunk_size,
-                )
+                train_folder, test_folder = staging / "train" / "chunks", staging / "test" / "chunks"
+            result = split_chunks(
+                aged_chunks / "chunks", train_folder, test_folder, settings.test_size, settings.seed,
+                settings.split_by, settings.compression, settings.chunk_size,
+            )
             record = read_provenance(aged_chunks) or {}
             record.setdefault("parameters", {}).update(split_parameters(settings))
             record.setdefault("figures", {}).update(
