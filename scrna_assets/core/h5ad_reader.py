@@ -2,6 +2,9 @@
 
 The file is read through h5py slices, never loaded whole: CSR rows are contiguous, dense rows are
 read in bounded blocks, and CSC is regrouped by row chunk through spill files in one pass.
+
+``iter_csr_parts`` is the conversion's hot path: CSR rows are read straight into buffers reused
+from chunk to chunk (``read_direct``), so a terabyte file costs no fresh allocation per chunk.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ MATRIX_CHOICES = ("auto", "raw.X", "counts", "X")
 _MATRIX_PATHS = {"raw.X": "raw/X", "counts": "layers/counts", "X": "X"}
 _DENSE_BLOCK_VALUES = 16_000_000  # ~128 MB of float64 per dense read
 _CSC_BLOCK_VALUES = 8_000_000  # non-zeros per CSC column block
+# HDF5 chunk cache per open dataset: big enough for the compressed HDF5 chunk that straddles two
+# row chunks to stay cached between them (not decompressed twice; the default, 1 MB, is too small
+# for some writers' chunks), small because every other chunk is read once.
+CHUNK_CACHE_BYTES = 4 * 1024 * 1024
+_CHUNK_CACHE_SLOTS = 1_009  # a prime, as HDF5 advises
+
+
+@dataclass(frozen=True)
+class CsrPart:
+    """Rows [start, stop) as CSR arrays: ``indptr`` starts at 0; ``indices``/``data`` hold at least
+    ``indptr[-1]`` entries. From ``iter_csr_parts`` they may be buffers the next chunk overwrites."""
+
+    start: int
+    stop: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -50,7 +70,7 @@ class H5adSource:
         if matrix not in MATRIX_CHOICES:
             raise ValueError(f"--matrix must be one of {', '.join(MATRIX_CHOICES)}, not {matrix!r}")
         try:
-            self.file = h5py.File(self.path, "r")
+            self.file = h5py.File(self.path, "r", rdcc_nbytes=CHUNK_CACHE_BYTES, rdcc_nslots=_CHUNK_CACHE_SLOTS)
         except (OSError, ValueError) as error:
             raise InputError(self.path, f"cannot be opened as HDF5/h5ad ({error})") from error
         try:
@@ -142,14 +162,50 @@ class H5adSource:
             self._validate(chunk)
             yield chunk
 
+    def iter_csr_parts(self, chunk_size: int, spill_dir: Path | None = None) -> Iterator[CsrPart]:
+        """Like ``iter_chunks`` but as plain CSR arrays; for CSR input they are buffers reused by
+        the next chunk, so use (or copy) a part before asking for the next one."""
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        if self.encoding != "csr":
+            for chunk in self.iter_chunks(chunk_size, spill_dir):
+                m = chunk.matrix
+                yield CsrPart(chunk.start, chunk.stop, m.indptr, m.indices, m.data)
+            return
+        node = self.matrix_node
+        indptr_ds, indices_ds, data_ds = node["indptr"], node["indices"], node["data"]
+        indices_buffer = np.empty(0, dtype=indices_ds.dtype)
+        data_buffer = np.empty(0, dtype=data_ds.dtype)
+        for start in range(0, self.n_obs, chunk_size):
+            stop = min(start + chunk_size, self.n_obs)
+            indptr = indptr_ds[start : stop + 1].astype(np.int64)
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            n = hi - lo
+            if n < 0 or np.any(np.diff(indptr) < 0) or hi > data_ds.shape[0] or hi > indices_ds.shape[0]:
+                raise InputError(self.path, f"matrix {self.matrix_name} has a broken indptr in rows {start}-{stop - 1}")
+            if data_buffer.size < n:  # grow with headroom, so similar chunks never reallocate
+                size = max(n, int(data_buffer.size * 1.1))
+                data_buffer = np.empty(size, dtype=data_ds.dtype)
+                indices_buffer = np.empty(size, dtype=indices_ds.dtype)
+            if n:
+                data_ds.read_direct(data_buffer, np.s_[lo:hi], np.s_[0:n])
+                indices_ds.read_direct(indices_buffer, np.s_[lo:hi], np.s_[0:n])
+            self._check_values(data_buffer[:n], start, stop)
+            yield CsrPart(start, stop, indptr - lo, indices_buffer, data_buffer)
+
     def _validate(self, chunk: MatrixChunk) -> None:
-        data = chunk.matrix.data
+        self._check_values(chunk.matrix.data, chunk.start, chunk.stop)
+
+    def _check_values(self, data: np.ndarray, start: int, stop: int) -> None:
+        """Refuse NaN, infinities and negative values. Two reductions, no temporary arrays:
+        a NaN makes the minimum NaN, an infinity shows in the minimum or the maximum."""
         if data.size == 0:
             return
-        if not np.isfinite(data).all():
-            raise InputError(self.path, f"matrix {self.matrix_name} has non-finite values (NaN or inf) in rows {chunk.start}-{chunk.stop - 1}")
-        if data.min() < 0:
-            raise InputError(self.path, f"matrix {self.matrix_name} has negative values in rows {chunk.start}-{chunk.stop - 1}: counts must be >= 0")
+        low, high = data.min(), data.max()
+        if data.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+            raise InputError(self.path, f"matrix {self.matrix_name} has non-finite values (NaN or inf) in rows {start}-{stop - 1}")
+        if low < 0:
+            raise InputError(self.path, f"matrix {self.matrix_name} has negative values in rows {start}-{stop - 1}: counts must be >= 0")
 
     def _iter_csr(self, chunk_size: int) -> Iterator[MatrixChunk]:
         node = self.matrix_node

@@ -1,0 +1,112 @@
+"""Markdown (and JSON) of a benchmark result."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def _mb(value: int | float | None) -> str:
+    return "–" if value is None else f"{value / MB:,.0f} MB"
+
+
+def _machine(info: dict) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+    return [
+        f"- Machine: {info['cpu_model']}, {info['usable_cores']} usable cores of {info['cores']}, {info['memory_gb']} GB RAM, {info['os']}",
+        f"- Python {info['python']}; {versions}; commit {info['commit']}",
+        f"- Load average at start {info['load_average_at_start']}, at end {info.get('load_average_at_end')} "
+        "(other work on the machine slows the figures down)",
+    ]
+
+
+def _rows(cells: int, result: dict) -> list[str]:
+    c = result["conversion"]
+    lines = [f"| conversion alone | {cells:,} | {c['convert_seconds']:.2f} s | {c['cells_per_second']:,} | {_mb(c['peak_rss_bytes'])} | {_mb(c['output_bytes'])} |"]
+    if "run_all" in result:
+        r = result["run_all"]
+        lines.append(f"| whole `run-all` | {cells:,} | {r['wall_seconds']:.2f} s | {r['cells_per_second']:,} | {_mb(r['peak_rss_bytes'])} | {_mb(r['output_bytes'])} |")
+    if "naive" in result:
+        n = result["naive"]
+        lines.append(f"| naive reference | {n['cells']:,} | {n['convert_seconds']:.2f} s | {n['cells_per_second']:,.0f} | {_mb(n['peak_rss_bytes'])} | – |")
+    return lines
+
+
+HEADER = ["| run | cells | time | cells/s | peak RSS | output |", "|---|---:|---:|---:|---:|---:|"]
+
+
+def _details(cells: int, result: dict) -> list[str]:
+    lines = []
+    c = result["conversion"]
+    lines.append(f"- {cells:,} cells: input {_mb(result['input']['bytes'])}; conversion CPU {c['cpu_seconds']:.1f} s for "
+                 f"{c['convert_seconds']:.2f} s of conversion (+{c['import_seconds']:.1f} s of imports); RSS before converting {_mb(c['rss_before_convert_bytes'])}")
+    if "run_all" in result:
+        r = result["run_all"]
+        steps = ", ".join(f"{k} {v['seconds']:.1f} s (peak {_mb(v['peak_tree_rss_bytes'])})" for k, v in r["steps"].items())
+        lines.append(f"  - run-all = {r['over_conversion']}x the conversion: {steps}; outside the steps (start-up, imports, Dagster runs) "
+                     f"{r['outside_steps_seconds']:.1f} s, of which {r['before_first_step_seconds']:.1f} s before the conversion starts")
+    if "naive" in result:
+        n = result["naive"]
+        lines.append(f"  - fast path {n['speedup_of_fast_path']}x the naive reference; naive sentences equal: {n['same_sentences_as_fast_path']}")
+    checks = [f"conversion {result['check_conversion']}"]
+    if "check_run_all" in result:
+        checks.append(f"run-all {result['check_run_all']}")
+    lines.append("  - sample check against a per-cell computation: " + "; ".join(checks))
+    return lines
+
+
+def _targets(targets: dict) -> list[str]:
+    lines = ["| target | value | wanted | met |", "|---|---:|---:|:---:|"]
+    for name, t in targets.items():
+        value = t["value"]
+        shown = _mb(value) if name.endswith("_bytes") else (f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value))
+        wanted = t["target"]
+        if name.endswith("_bytes"):
+            relation, limit = wanted.split(" ", 1)
+            wanted = f"{relation} {float(limit) / 1e9:g} GB"
+        lines.append(f"| {name} | {shown} | {wanted} | {'yes' if t['met'] else '**no**'} |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Conversion benchmark ({report['kind']})", "", f"Command: `{report['command']}`", ""]
+    lines += _machine(report["machine"])
+    s = report["settings"]
+    lines += [f"- Input: synthetic CSR float32, {s['genes']:,} genes, ~{s['nnz']:,} non-zeros per cell, top {s['top_genes']:,} genes, "
+              f"chunk size {s['chunk_size']:,}, {s['compression']}" if not s["input"] else f"- Input: {s['input']}", ""]
+    if report["kind"] == "single":
+        result = report["result"]
+        cells = result["input"]["cells"]
+        lines += HEADER + _rows(cells, result) + [""] + _details(cells, result) + [""] + _targets(result["targets"])
+    else:
+        lines += HEADER
+        for cells, result in report["results"].items():
+            lines += _rows(int(cells), result)
+        lines.append("")
+        for cells, result in report["results"].items():
+            lines += _details(int(cells), result)
+        lines += ["", "Scaling (each size against the smallest):", "",
+                  "| cells | x cells | conversion time | conversion cells/s | conversion peak RSS | run-all time | run-all peak RSS | RSS growth <= 1.2x |",
+                  "|---|---:|---:|---:|---:|---:|---:|:---:|"]
+        for r in report["ratios"]:
+            lines.append(
+                f"| {r['from_cells']:,} -> {r['to_cells']:,} | {r['cells_ratio']}x | {r['conversion_time_ratio']}x | {r['conversion_cells_per_second_ratio']}x "
+                f"| {r['conversion_peak_rss_ratio']}x | {r.get('run_all_time_ratio', '–')}x | {r.get('run_all_peak_rss_ratio', '–')}x | {'yes' if r['rss_growth_target_met'] else '**no**'} |"
+            )
+        for cells, result in report["results"].items():
+            lines += ["", f"Targets at {int(cells):,} cells:", ""] + _targets(result["targets"])
+    lines += ["", f"Total benchmark time {report['seconds']} s."]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stem = out_dir / f"{report['kind']}-{stamp}"
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
