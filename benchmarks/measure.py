@@ -6,12 +6,21 @@ Peak RSS comes from two sources that agree when the child has no children of its
   (for a child that spawned and waited for processes, the largest of them, not their sum);
 * sampling ``/proc``: the summed RSS of the child and all its descendants every ``interval``
   seconds, which catches a process tree but can miss a spike shorter than the interval.
+
+Linux carries the RSS high-water mark of the process that forked (or vforked) a child into the
+child's ``ru_maxrss`` at ``exec``; measured from the benchmark itself (hundreds of MB of pyarrow,
+Dagster and result tables), every child would report at least that. So the command is started
+by a tiny launcher process (``python -I -S``, ~10 MB), which does the ``wait4`` and reports the
+rusage: the figure is then the command's own peak, give or take the launcher's few MB.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +44,13 @@ class Measurement:
     stderr: str
     timeline: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since start, tree RSS bytes) samples."""
+    machine_busy_seconds: float = 0.0
+    """CPU seconds all processes on the machine used meanwhile (``/proc/stat``); minus this
+    command's own CPU it shows other load that slowed the measurement down."""
+
+    @property
+    def other_cpu_seconds(self) -> float:
+        return max(0.0, self.machine_busy_seconds - self.user_seconds - self.system_seconds)
 
     def peak_between(self, start: float, end: float) -> int:
         return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
@@ -63,10 +79,39 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def tree_rss(pid: int) -> int:
-    """Summed RSS of ``pid`` and all its descendants (0 once it is gone)."""
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (not idle, not waiting for I/O) since boot."""
+    try:
+        with open("/proc/stat", "rb") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    steal = fields[7] if len(fields) > 7 else 0  # time the hypervisor gave to others: not ours
+    return (sum(fields[:8]) - idle - steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
     tree = _children()
-    total, stack = 0, [pid]
+    found, stack = [], list(tree.get(pid, []))
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(tree.get(current, []))
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def tree_rss(pid: int, include_root: bool = True) -> int:
+    """Summed RSS of ``pid`` (unless not ``include_root``) and all its descendants."""
+    tree = _children()
+    total, stack = 0, ([pid] if include_root else list(tree.get(pid, [])))
     while stack:
         current = stack.pop()
         total += _rss(current)
@@ -74,27 +119,49 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+# The launcher: no site packages, nothing imported but os/sys/json. It forwards the exit code and
+# writes the child's rusage as JSON to the file named in argv[1].
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as handle:
+    json.dump({"maxrss_kb": usage.ru_maxrss, "utime": usage.ru_utime, "stime": usage.ru_stime}, handle)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(
     command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, interval: float = 0.05
 ) -> Measurement:
     """Run ``command`` to completion; stdout and stderr are captured (files, so no pipe fills up)."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    usage_path = Path(f"{out_path}.rusage")
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(usage_path), *command]
     with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
         started = time.perf_counter()
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=err)
+        busy_before = busy_cpu_seconds()
+        process = subprocess.Popen(launcher, env=env, cwd=cwd, stdout=out, stderr=err)
         timeline: list[tuple[float, int]] = []
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                timeline.append((time.perf_counter() - started, tree_rss(process.pid)))
+                timeline.append((time.perf_counter() - started, tree_rss(process.pid, include_root=False)))  # not the launcher
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            _, status, _ = os.wait4(process.pid, 0)
         except BaseException:
+            for pid in _descendants(process.pid):
+                _kill(pid)
             process.kill()
             process.wait()
             raise
@@ -102,21 +169,27 @@ def run_measured(
             done.set()
             sampler.join()
         wall = time.perf_counter() - started
+        busy = busy_cpu_seconds() - busy_before
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    for suffix in (".out", ".err"):
+    try:
+        usage = json.loads(usage_path.read_text())
+    except (OSError, ValueError):  # the launcher itself failed
+        usage = {"maxrss_kb": 0, "utime": 0.0, "stime": 0.0}
+    for suffix in (".out", ".err", ".rusage"):
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     return Measurement(
         command=command,
         exit_code=process.returncode,
         wall_seconds=wall,
-        user_seconds=usage.ru_utime,
-        system_seconds=usage.ru_stime,
-        peak_rss_bytes=usage.ru_maxrss * 1024,
+        user_seconds=usage["utime"],
+        system_seconds=usage["stime"],
+        peak_rss_bytes=usage["maxrss_kb"] * 1024,
         peak_tree_rss_bytes=max((rss for _, rss in timeline), default=0),
         stdout=stdout,
         stderr=stderr,
         timeline=timeline,
+        machine_busy_seconds=busy,
     )

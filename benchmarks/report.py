@@ -35,19 +35,29 @@ def _rows(cells: int, result: dict) -> list[str]:
     return lines
 
 
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value}x"
+
+
 HEADER = ["| run | cells | time | cells/s | peak RSS | output |", "|---|---:|---:|---:|---:|---:|"]
 
 
 def _details(cells: int, result: dict) -> list[str]:
     lines = []
     c = result["conversion"]
-    lines.append(f"- {cells:,} cells: input {_mb(result['input']['bytes'])}; conversion CPU {c['cpu_seconds']:.1f} s for "
-                 f"{c['convert_seconds']:.2f} s of conversion (+{c['import_seconds']:.1f} s of imports); RSS before converting {_mb(c['rss_before_convert_bytes'])}")
+    runs = c.get("runs", [])
+    repeat = f"best of {len(runs)} runs (median {c['median_cells_per_second']:,} cells/s); " if len(runs) > 1 else ""
+    lines.append(f"- {cells:,} cells: input {_mb(result['input']['bytes'])}; conversion: {repeat}CPU {c['cpu_seconds']:.1f} s for "
+                 f"{c['convert_seconds']:.2f} s of conversion (+{c['import_seconds']:.1f} s of imports); RSS before converting "
+                 f"{_mb(c['rss_before_convert_bytes'])}; other processes used {c['other_load_cpu_seconds']:.1f} CPU s meanwhile")
     if "run_all" in result:
         r = result["run_all"]
         steps = ", ".join(f"{k} {v['seconds']:.1f} s (peak {_mb(v['peak_tree_rss_bytes'])})" for k, v in r["steps"].items())
+        if r.get("exit_code"):
+            lines.append(f"  - **run-all exited with {r['exit_code']}**: {'; '.join(r['problems'])}")
         lines.append(f"  - run-all = {r['over_conversion']}x the conversion: {steps}; outside the steps (start-up, imports, Dagster runs) "
-                     f"{r['outside_steps_seconds']:.1f} s, of which {r['before_first_step_seconds']:.1f} s before the conversion starts")
+                     f"{r['outside_steps_seconds']:.1f} s, of which {r['before_first_step_seconds']:.1f} s before the conversion starts; "
+                     f"other processes used {r['other_load_cpu_seconds']:.1f} CPU s meanwhile")
     if "naive" in result:
         n = result["naive"]
         lines.append(f"  - fast path {n['speedup_of_fast_path']}x the naive reference; naive sentences equal: {n['same_sentences_as_fast_path']}")
@@ -94,7 +104,7 @@ def markdown(report: dict) -> str:
         for r in report["ratios"]:
             lines.append(
                 f"| {r['from_cells']:,} -> {r['to_cells']:,} | {r['cells_ratio']}x | {r['conversion_time_ratio']}x | {r['conversion_cells_per_second_ratio']}x "
-                f"| {r['conversion_peak_rss_ratio']}x | {r.get('run_all_time_ratio', '–')}x | {r.get('run_all_peak_rss_ratio', '–')}x | {'yes' if r['rss_growth_target_met'] else '**no**'} |"
+                f"| {r['conversion_peak_rss_ratio']}x | {_ratio(r.get('run_all_time_ratio'))} | {_ratio(r.get('run_all_peak_rss_ratio'))} | {'yes' if r['rss_growth_target_met'] else '**no**'} |"
             )
         for cells, result in report["results"].items():
             lines += ["", f"Targets at {int(cells):,} cells:", ""] + _targets(result["targets"])

@@ -174,8 +174,10 @@ class H5adSource:
             return
         node = self.matrix_node
         indptr_ds, indices_ds, data_ds = node["indptr"], node["indices"], node["data"]
-        indices_buffer = np.empty(0, dtype=indices_ds.dtype)
-        data_buffer = np.empty(0, dtype=data_ds.dtype)
+        # native byte order (HDF5 converts while reading): the compiled kernels need it
+        indices_dtype, data_dtype = indices_ds.dtype.newbyteorder("="), data_ds.dtype.newbyteorder("=")
+        indices_buffer = np.empty(0, dtype=indices_dtype)
+        data_buffer = np.empty(0, dtype=data_dtype)
         for start in range(0, self.n_obs, chunk_size):
             stop = min(start + chunk_size, self.n_obs)
             indptr = indptr_ds[start : stop + 1].astype(np.int64)
@@ -185,8 +187,8 @@ class H5adSource:
                 raise InputError(self.path, f"matrix {self.matrix_name} has a broken indptr in rows {start}-{stop - 1}")
             if data_buffer.size < n:  # grow with headroom, so similar chunks never reallocate
                 size = max(n, int(data_buffer.size * 1.1))
-                data_buffer = np.empty(size, dtype=data_ds.dtype)
-                indices_buffer = np.empty(size, dtype=indices_ds.dtype)
+                data_buffer = np.empty(size, dtype=data_dtype)
+                indices_buffer = np.empty(size, dtype=indices_dtype)
             if n:
                 data_ds.read_direct(data_buffer, np.s_[lo:hi], np.s_[0:n])
                 indices_ds.read_direct(indices_buffer, np.s_[lo:hi], np.s_[0:n])

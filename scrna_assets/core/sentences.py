@@ -45,7 +45,17 @@ _SLOT = 16  # bytes per vocabulary slot of the word copy
 _MAX_DIGIT_BITS = 11  # radix digit: a 2,048-bucket histogram (8 KB) stays in L1
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(function):
+    """``numba.njit(nogil=True)``, cached on disk when there is a writable place for the cache
+    (next to this file, ``NUMBA_CACHE_DIR`` or the user's cache folder): loading the cache takes
+    ~0.7 s, compiling ~3.5 s. Without one (read-only install and home), compile per process."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:
+        return numba.njit(nogil=True)(function)
+
+
+@_compiled
 def _rank_rows(indptr, indices, keys, max_key, token_index, token_len, top_genes, row_lo, row_hi, out_tokens, n_genes, n_bytes):  # pragma: no cover - compiled
     """Rows [row_lo, row_hi): kept tokens in order to ``out_tokens[indptr[r]:]``, counts, bytes.
 
@@ -175,7 +185,7 @@ def _copy16(typingctx, dst, dst_pos, src, src_pos):  # pragma: no cover - compil
     return signature, codegen
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _write_bytes(indptr, out_tokens, n_genes, offsets, vocab_offsets, vocab_bytes, slots, row_lo, row_hi, out):  # pragma: no cover - compiled
     """Copy the words of rows [row_lo, row_hi) into ``out`` at ``offsets``, single spaces between.
 
@@ -279,6 +289,9 @@ class SentenceBuilder:
         n_rows = len(indptr) - 1
         end = int(indptr[-1]) if len(indptr) else 0
         data, indices = data[:end], indices[:end]  # buffers may be longer than this chunk's entries
+        if not data.dtype.isnative or not indices.dtype.isnative:  # the compiled loops need native order
+            data = data.astype(data.dtype.newbyteorder("="))
+            indices = indices.astype(indices.dtype.newbyteorder("="))
         keys = _value_keys(data) if self._fast_vocabulary else None
         if keys is None or n_rows == 0:
             matrix = _as_csr(indptr, indices, data, n_rows, len(self.token_index))

@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import numba
 import numpy as np
+
+from scrna_assets.core.sentences import _compiled
 
 _STR = h5py.string_dtype("utf-8")
 
@@ -61,7 +62,7 @@ def _alias_table(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return prob.astype(np.float32), alias.astype(np.int32)
 
 
-@numba.njit(cache=True)
+@_compiled
 def _sample_cells(seed, prob, alias, counts, indptr, out_indices, out_values):  # pragma: no cover - compiled
     """``counts[r]`` distinct genes for each cell r, ascending, into ``out_indices[indptr[r]:]``,
     and their counts (geometric, p = 0.3: mostly small integers, many ties) into ``out_values``.

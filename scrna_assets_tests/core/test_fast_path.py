@@ -224,6 +224,25 @@ def test_value_keys_choice() -> None:
     assert _value_keys(np.array([2**32], np.int64)) is None
 
 
+def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nowhere to cache (read-only install and home), the kernels still compile and run."""
+    from numba.core import caching
+
+    implementation = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.60
+    monkeypatch.setattr(implementation, "_locator_classes", [])
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+
+    def double(values):
+        return values * 2
+
+    import numba
+
+    with pytest.raises(RuntimeError, match="no locator"):
+        numba.njit(cache=True)(double)
+    compiled = sentences_module._compiled(double)
+    assert compiled(np.arange(3)).tolist() == [0, 2, 4]
+
+
 # -- reading ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", factory.MATRIX_FORMATS)
 @pytest.mark.parametrize("chunk_size", [1, 4, 100])
@@ -247,6 +266,24 @@ def test_csr_parts_refuse_bad_values(tmp_path: Path, kind: str) -> None:
     path = factory.write_bad_values(tmp_path / "bad.h5ad", kind, "csr")
     with H5adSource(path) as source, pytest.raises(InputError, match="non-finite" if kind != "negative" else "negative"):
         list(source.iter_csr_parts(3))
+
+
+def test_big_endian_matrix(tmp_path: Path) -> None:
+    """Big-endian data and indices (legal HDF5) are read in native order and convert the same."""
+    path = factory.write_counts(tmp_path / "in.h5ad", "csr")
+    with h5py.File(path, "r+") as f:
+        for name, dtype in (("data", ">f4"), ("indices", ">i4")):
+            values = f["X"][name][:]
+            del f["X"][name]
+            f["X"].create_dataset(name, data=values.astype(dtype))
+    table = pa.concat_tables([pq.read_table(p) for p in convert_h5ad(path, "ds", tmp_path / "out", factory.HGNC_MAP, 3, 0, "zstd").chunk_files])
+    assert table.column("cell_sentence").to_pylist() == factory.SENTENCES
+    matrix = sp.csr_matrix(factory.COUNTS)
+    got, _ = build_sentences(
+        sp.csr_matrix((matrix.data.astype(">f4"), matrix.indices.astype(">i4"), matrix.indptr), shape=matrix.shape),
+        np.arange(5, dtype=np.int32), pa.array(factory.TOKENS), 0,
+    )
+    assert got.to_pylist() == factory.SENTENCES
 
 
 # -- conversion: byte-identical files ---------------------------------------------------------------
