@@ -140,14 +140,14 @@ def parquet_chunks(
     return Output(StagedFolder(staging, lock.close), metadata=metadata)
 
 
-@asset(group_name=GROUP, partitions_def=datasets_partitions, description="parquet_chunks plus the donor age in years.")
+@asset(group_name=GROUP, partitions_def=datasets_partitions, description="The donor age in years of every cell (cell_id, age), one file per parquet_chunks file.")
 def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parquet_chunks: Path) -> Output[StagedFolder]:
     dataset = context.partition_key
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "aged_chunks") as step:
         started = time.perf_counter()
         with _locked_staging(layout, "aged_chunks", dataset) as (staging, lock):
-            result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression, settings.chunk_size)
+            result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression)
             record = read_provenance(parquet_chunks) or {}
             record.setdefault("figures", {}).update(cells_with_age=result.with_age, cells_without_age=result.without_age)
             write_provenance(staging, record)
@@ -162,8 +162,10 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
     return Output(StagedFolder(staging, lock.close), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
 
 
-@asset(group_name=GROUP, partitions_def=datasets_partitions, description="Aged cells split into train/test (or one chunks/ folder with --skip-train-test-split).")
-def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings, aged_chunks: Path) -> Output[StagedFolder]:
+@asset(group_name=GROUP, partitions_def=datasets_partitions, description="Cells with an age, with their age, split into train/test (or one chunks/ folder with --skip-train-test-split).")
+def train_test_splits(
+    context: AssetExecutionContext, settings: PipelineSettings, parquet_chunks: Path, aged_chunks: Path
+) -> Output[StagedFolder]:
     dataset = context.partition_key
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "train_test_splits") as step:
@@ -174,7 +176,7 @@ def train_test_splits(context: AssetExecutionContext, settings: PipelineSettings
             else:
                 train_folder, test_folder = staging / "train" / "chunks", staging / "test" / "chunks"
             result = split_chunks(
-                aged_chunks / "chunks", train_folder, test_folder, settings.test_size, settings.seed,
+                parquet_chunks / "chunks", aged_chunks / "chunks", train_folder, test_folder, settings.test_size, settings.seed,
                 settings.split_by, settings.compression, settings.chunk_size,
             )
             record = read_provenance(aged_chunks) or {}

@@ -1,7 +1,9 @@
 """Run the Dagster assets for one dataset from Python: what the CLI uses, so there is one code path.
 
-Each step is its own in-process materialization on a persistent instance, so the runs and
-partitions show up in `dagster dev` afterwards.
+Steps 2-5 of a dataset are one in-process run on a persistent instance (a run costs about 1.5 s
+of Dagster's own work, so one per step would add ~5 s per file), and the runs and partitions show
+up in `dagster dev` afterwards. A step command (`preprocess step3 ...`) is a run of that step alone.
+Progress is reported step by step as the run goes, from the run's own events.
 """
 
 from __future__ import annotations
@@ -10,14 +12,29 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import polars as pl
-from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import (
+    AssetCheckSeverity,
+    AssetSelection,
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    LoggerDefinition,
+    colored_console_logger,
+    define_asset_job,
+    in_process_executor,
+    logger,
+)
 
 from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.definitions import ALL_ASSETS, build_resources
@@ -38,10 +55,15 @@ STEPS: dict[int, tuple[str, str]] = {
     5: ("hf_upload", "Uploading to the HuggingFace Hub"),
 }
 DATASET_STEPS = (2, 3, 4, 5)
+CHECKED_ASSET = "train_test_splits"
+CLI_JOB = "preprocess_steps"
+PROGRESS_LOGGER = "scrna_assets.runner.progress"
 PASSED = "PASSED"
 # Failures reach the user as one line from the runner; Dagster's own console log would repeat them
-# with stack traces, so it is silenced unless --debug.
-QUIET_LOGGING = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# with stack traces, so it is silenced unless --debug. Loggers not named in the run config are not
+# started, so the progress logger is named too.
+def _loggers_config(debug: bool) -> dict[str, Any]:
+    return {"console": {"config": {"log_level": "DEBUG" if debug else "CRITICAL"}}, "progress": {}}
 
 
 def release_memory() -> None:
@@ -83,17 +105,15 @@ class StepResult:
         return {name: outcome for name, outcome in self.checks.items() if outcome != PASSED}
 
 
-def _failure_message(result: ExecuteInProcessResult) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            if data.user_failure_data is not None and data.user_failure_data.description:
-                return data.user_failure_data.description
-            error = data.error
-            while error.cause is not None:
-                error = error.cause
-            return error.message.strip()
-    return "the run failed without a step failure"
+def _failure_message(event: DagsterEvent) -> str:
+    """The asset's own description (``Failure``) or the innermost error of a failed step."""
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description
+    error = data.error
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 def _checks(result: ExecuteInProcessResult) -> dict[str, str]:
@@ -103,12 +123,49 @@ def _checks(result: ExecuteInProcessResult) -> dict[str, str]:
     }
 
 
-def _figures(result: ExecuteInProcessResult, asset: str) -> dict[str, Any]:
-    figures: dict[str, Any] = {}
-    for materialization in result.asset_materializations_for_node(asset):
-        for key, value in materialization.metadata.items():
-            figures[key] = getattr(value, "value", value)
-    return figures
+def _figures(event: DagsterEvent) -> dict[str, Any]:
+    """The metadata of an asset materialization event, as plain values."""
+    metadata = event.step_materialization_data.materialization.metadata
+    return {key: getattr(value, "value", value) for key, value in metadata.items()}
+
+
+class _StepEvents(logging.Handler):
+    """Turns a run's events into one StepResult per asset step, passed on as each step ends."""
+
+    def __init__(self, assets: dict[str, int], on_step: Callable[[int, StepResult | None], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.assets = assets
+        self.on_step = on_step
+        self.results: dict[str, StepResult] = {}
+        self._figures: dict[str, dict[str, Any]] = {}
+        self._started: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event: DagsterEvent | None = getattr(record, "dagster_event", None)
+        if event is None or event.step_key not in self.assets:
+            return
+        asset, step = event.step_key, self.assets[event.step_key]
+        if event.event_type == DagsterEventType.STEP_START:
+            self._started[asset] = time.perf_counter()
+            self.on_step(step, None)
+        elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+            self._figures.setdefault(asset, {}).update(_figures(event))
+        elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+            success = event.event_type == DagsterEventType.STEP_SUCCESS
+            result = StepResult(step, asset, success, "" if success else _failure_message(event), self._figures.get(asset, {}))
+            result.figures.setdefault("seconds", round(time.perf_counter() - self._started.get(asset, time.perf_counter()), 3))
+            self.results[asset] = result
+            self.on_step(step, result)
+
+    def logger_definition(self) -> LoggerDefinition:
+        @logger(description="Step progress of a run, for the CLI.")
+        def step_events(_init_context: Any) -> logging.Logger:
+            log = logging.getLogger(PROGRESS_LOGGER)
+            log.handlers, log.propagate = [self], False
+            log.setLevel(logging.DEBUG)
+            return log
+
+        return step_events
 
 
 class Reporter(Protocol):
@@ -134,25 +191,58 @@ class PipelineRunner:
         if not self.instance.has_dynamic_partition(DATASETS_PARTITIONS_NAME, dataset):
             self.instance.add_dynamic_partitions(DATASETS_PARTITIONS_NAME, [dataset])
 
-    def run_step(self, step: int, dataset: str | None = None, h5ad_path: Path | None = None) -> StepResult:
-        asset = STEPS[step][0]
-        run_config: dict[str, Any] = {} if self.debug else dict(QUIET_LOGGING)
-        if asset == "parquet_chunks" and h5ad_path is not None:
+    def run_steps(
+        self, steps: tuple[int, ...], dataset: str | None, h5ad_path: Path | None, on_step: Callable[[int, StepResult | None], None]
+    ) -> list[StepResult]:
+        """One in-process run of these steps' assets (and their checks); ``on_step`` hears each
+        step start and end. Returns the results of the steps that ran, in order."""
+        assets = {STEPS[step][0]: step for step in steps}
+        run_config: dict[str, Any] = {"loggers": _loggers_config(self.debug)}
+        if "parquet_chunks" in assets and h5ad_path is not None:
             run_config["ops"] = {"parquet_chunks": {"config": {"h5ad_path": str(h5ad_path)}}}
-        result = materialize(
-            [*ALL_ASSETS, *ALL_CHECKS],
-            selection=AssetSelection.assets(asset),
-            partition_key=dataset,
-            instance=self.instance,
+        events = _StepEvents(assets, on_step)
+        definitions = Definitions(
+            assets=[*ALL_ASSETS, *ALL_CHECKS],
+            jobs=[define_asset_job(CLI_JOB, selection=AssetSelection.assets(*assets), executor_def=in_process_executor)],
             resources=build_resources(self.settings),
+            loggers={"console": colored_console_logger, "progress": events.logger_definition()},
+        )
+        result = definitions.resolve_job_def(CLI_JOB).execute_in_process(
             run_config=run_config,
+            instance=self.instance,
+            partition_key=dataset,
             raise_on_error=False,
             tags={"scrna_assets/source": "cli"},
         )
+        logging.getLogger(PROGRESS_LOGGER).handlers = []  # the next run brings its own handler
         release_memory()
-        if not result.success:
-            return StepResult(step, asset, False, _failure_message(result))
-        return StepResult(step, asset, True, figures=_figures(result, asset), checks=_checks(result))
+        checks = _checks(result)
+        ran = [events.results[asset] for asset in assets if asset in events.results]
+        for step_result in ran:
+            if step_result.success and step_result.asset == CHECKED_ASSET:
+                step_result.checks = checks
+        if not result.success and all(r.success for r in ran):
+            ran = self._blame(result, steps, ran, on_step)
+        return ran
+
+    @staticmethod
+    def _blame(
+        result: ExecuteInProcessResult, steps: tuple[int, ...], ran: list[StepResult], on_step: Callable[[int, StepResult | None], None]
+    ) -> list[StepResult]:
+        """A run that failed outside our asset steps (a check that crashed, a run that could not
+        start): the failure goes to the step the check belongs to, or the first that did not run."""
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        message = f"{failure.step_key}: {_failure_message(failure)}" if failure is not None else "the run failed to start"
+        if len(ran) < len(steps):
+            blamed = StepResult(steps[len(ran)], STEPS[steps[len(ran)]][0], False, message)
+            on_step(blamed.step, blamed)
+            return [*ran, blamed]
+        blamed = next((r for r in ran if r.asset == CHECKED_ASSET), ran[-1])
+        blamed.success, blamed.message = False, message
+        return ran[: ran.index(blamed) + 1]
+
+    def run_step(self, step: int, dataset: str | None = None, h5ad_path: Path | None = None) -> StepResult:
+        return self.run_steps((step,), dataset, h5ad_path, lambda *_: None)[0]
 
     def discard_partial(self, dataset: str) -> list[Path]:
         """After a failed step: remove this dataset's interim folders; published outputs are
@@ -164,24 +254,20 @@ class PipelineRunner:
         return removed
 
     def run_dataset(self, dataset: str, h5ad_path: Path, reporter: Reporter) -> list[StepResult]:
-        """Steps 2-5 for one dataset; stops at the first failure and cleans up after it."""
+        """Steps 2-5 for one dataset in one run; stops at the first failure and cleans up after it."""
         self.register(dataset)
-        results = []
-        for step in DATASET_STEPS:
-            reporter.step(step, None)
-            started = time.perf_counter()
-            result = self.run_step(step, dataset, h5ad_path)
-            result.figures.setdefault("seconds", round(time.perf_counter() - started, 3))
-            results.append(result)
+
+        def on_step(step: int, result: StepResult | None) -> None:
             reporter.step(step, result)
-            if not result.success:
-                if step < 5:
-                    removed = self.discard_partial(dataset)
-                    shown = ", ".join(str(p) for p in removed) or "nothing partial was left"
-                    reporter.note(f"Cleanup after failure: {shown}")
-                break
-            if step == 4 and not self.settings.keep_interim:
+            if result is not None and result.success and step == 4 and not self.settings.keep_interim:
                 reporter.note(f"Cleanup: interim chunks of {dataset} removed")
+
+        results = self.run_steps(DATASET_STEPS, dataset, h5ad_path, on_step)
+        failed = next((r for r in results if not r.success), None)
+        if failed is not None and failed.step < 5:
+            removed = self.discard_partial(dataset)
+            shown = ", ".join(str(p) for p in removed) or "nothing partial was left"
+            reporter.note(f"Cleanup after failure: {shown}")
         return results
 
     def hgnc_digest(self) -> str:

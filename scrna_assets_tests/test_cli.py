@@ -37,11 +37,17 @@ def test_run_all_example(in_tmp: Path) -> None:
     assert pl.read_parquet(in_tmp / "data/output/example_cellxgene/train/chunks").height == 2599
     assert not (in_tmp / "data/interim/parquet_chunks/example_cellxgene").exists()
     # the persistent instance in ./.dagster keeps the partition and the runs for `dagster dev`
-    from dagster import DagsterInstance
+    from dagster import AssetKey, DagsterEventType, DagsterInstance
 
     with DagsterInstance.from_config(str(in_tmp / ".dagster")) as instance:
         assert instance.get_dynamic_partitions("datasets") == ["example_cellxgene"]
-        assert len(instance.get_runs()) == 5
+        # one run for the unpartitioned HGNC step, then one run for the dataset's steps 2-5
+        runs = instance.get_runs()
+        assert [run.tags.get("dagster/partition") for run in reversed(runs)] == [None, "example_cellxgene"]
+        materialized = instance.all_logs(runs[0].run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+        assert [event.dagster_event.asset_key for event in materialized] == [
+            AssetKey(name) for name in ("parquet_chunks", "aged_chunks", "train_test_splits", "hf_upload")
+        ]
 
 
 def test_missing_file_is_one_line_exit_1(in_tmp: Path) -> None:

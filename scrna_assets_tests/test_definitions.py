@@ -27,6 +27,17 @@ def test_definitions_hold_five_assets_and_two_jobs() -> None:
     assert defs.resolve_job_def("hgnc_job") is not None
 
 
+def test_package_import_is_light_and_defs_load_on_access() -> None:
+    """`import scrna_assets.core...` (the CLI's and the kernels' path) loads no Dagster; the
+    package still hands out `defs` (for `-m scrna_assets`: Dagster lists members with dir())."""
+    code = (
+        "import sys, scrna_assets, scrna_assets.core.convert; assert 'dagster' not in sys.modules; "
+        "assert 'defs' in dir(scrna_assets); from scrna_assets import defs; "
+        "from scrna_assets.definitions import defs as same; assert defs is same and scrna_assets.defs is same"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 @pytest.fixture
 def project(tmp_path: Path, example_files) -> dict[str, str]:
     """A project folder with the example in data/input and an environment for the dagster CLI."""

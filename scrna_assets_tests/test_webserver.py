@@ -107,7 +107,7 @@ def test_drop_a_file_and_launch_a_partition_like_the_ui(dagster_dev, example_fil
     lineage = {n["assetKey"]["path"][0]: sorted(d["path"][0] for d in n["dependencyKeys"]) for n in nodes}
     assert lineage == {
         "hgnc_mapper": [], "parquet_chunks": ["hgnc_mapper"], "aged_chunks": ["parquet_chunks"],
-        "train_test_splits": ["aged_chunks"], "hf_upload": ["train_test_splits"],
+        "train_test_splits": ["aged_chunks", "parquet_chunks"], "hf_upload": ["train_test_splits"],
     }
 
     shutil.copy(example_files[0], root / "data" / "input" / f"{EXAMPLE}.h5ad")  # the drop

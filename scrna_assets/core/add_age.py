@@ -1,18 +1,28 @@
-"""Step 3: add the ``age`` column (float64 years, null when the stage is not one point in time)."""
+"""Step 3: the donor age (float64 years, null when the stage is not one point in time) of every cell.
+
+The ages are written as a small table per interim chunk (``cell_id``, ``age``; same file names,
+same rows, same order) instead of a copy of the chunk with ``age`` appended: rewriting the cell
+sentences would cost as much as the conversion. The split joins the two (``iter_aged_chunks``).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scrna_assets.core.ages import parse_age_years, stage_label
-from scrna_assets.core.parquet_io import ChunkWriter, chunk_files, iter_chunk_tables
+from scrna_assets.core.parquet_io import chunk_files, iter_chunk_tables, read_chunk_file, write_chunk_file
 
 STAGE_LABEL_COLUMN = "development_stage"
 STAGE_ID_COLUMN = "development_stage_ontology_term_id"
+CELL_ID_COLUMN = "cell_id"
+AGE_COLUMN = "age"
+AGES_SCHEMA = pa.schema([pa.field(CELL_ID_COLUMN, pa.string()), pa.field(AGE_COLUMN, pa.float64())])
 
 
 @dataclass
@@ -39,15 +49,21 @@ def _labels(table: pa.Table) -> tuple[list[str | None], str]:
     return [None] * table.num_rows, "none"
 
 
-def add_ages(in_folder: Path, out_folder: Path, compression: str, chunk_size: int) -> AgeResult:
-    """Read interim chunks one at a time and write them again with ``age`` appended."""
-    writer = ChunkWriter(out_folder, compression, chunk_size)
+def add_ages(in_folder: Path, out_folder: Path, compression: str) -> AgeResult:
+    """For each interim chunk, write ``out_folder/<same name>`` with its cells' ``cell_id`` and
+    ``age``. Only the id and stage columns are read."""
+    files = chunk_files(in_folder)
+    if not files:
+        raise ValueError(f"{in_folder}: no parquet chunks to add ages to")
+    available = set(pq.read_schema(files[0]).names)
+    wanted = [c for c in (CELL_ID_COLUMN, STAGE_LABEL_COLUMN, STAGE_ID_COLUMN) if c in available]
+    out_folder.mkdir(parents=True, exist_ok=True)
     ages_seen: Counter[float] = Counter()
     unparsed: Counter[str] = Counter()
     n_cells = with_age = 0
     source = "none"
-    schema: pa.Schema | None = None
-    for table in iter_chunk_tables(in_folder):
+    written = []
+    for path, table in zip(files, iter_chunk_tables(in_folder, wanted)):
         labels, source = _labels(table)
         ages = [parse_age_years(label) for label in labels]
         for label, age in zip(labels, ages):
@@ -58,18 +74,33 @@ def add_ages(in_folder: Path, out_folder: Path, compression: str, chunk_size: in
         age_array = pa.array(ages, type=pa.float64())
         n_cells += table.num_rows
         with_age += table.num_rows - age_array.null_count
-        aged = table.append_column("age", age_array)
-        schema = aged.schema
-        writer.write(aged)
-    if schema is None:
-        raise ValueError(f"{in_folder}: no parquet chunks to add ages to")
-    files = writer.close(schema=schema)
+        cell_ids = table.column(CELL_ID_COLUMN) if CELL_ID_COLUMN in wanted else pa.nulls(table.num_rows, pa.string())
+        written.append(out_folder / path.name)
+        write_chunk_file(pa.table([cell_ids, age_array], schema=AGES_SCHEMA), written[-1], compression)
     return AgeResult(
         n_cells=n_cells,
         with_age=with_age,
         without_age=n_cells - with_age,
         age_source=source,
-        chunk_files=files,
+        chunk_files=written,
         age_counts=dict(sorted(ages_seen.items())),
         unparsed_labels=dict(unparsed.most_common(10)),
     )
+
+
+def iter_aged_chunks(chunks_folder: Path, ages_folder: Path, prefetch: bool = False) -> Iterator[pa.Table]:
+    """Each interim chunk with ``age`` appended, after checking that the age table is the one made
+    from it (same file, same cells): a chunk folder converted again since would be mislabelled."""
+    chunks, age_files = chunk_files(chunks_folder), chunk_files(ages_folder)
+    if [p.name for p in chunks] != [p.name for p in age_files]:
+        raise ValueError(
+            f"the ages in {ages_folder} ({len(age_files)} files) were not made from {chunks_folder} "
+            f"({len(chunks)} files): materialize aged_chunks again"
+        )
+    for path, table in zip(age_files, iter_chunk_tables(chunks_folder, prefetch=prefetch)):
+        ages = read_chunk_file(path)
+        if ages.num_rows != table.num_rows or (
+            CELL_ID_COLUMN in table.column_names and not ages.column(CELL_ID_COLUMN).equals(table.column(CELL_ID_COLUMN))
+        ):
+            raise ValueError(f"{path} does not hold the cells of {chunks_folder / path.name}: materialize aged_chunks again")
+        yield table.append_column(AGE_COLUMN, ages.column(AGE_COLUMN))

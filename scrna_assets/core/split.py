@@ -1,12 +1,14 @@
 """Step 4: split aged cells into train and test, by donor or by cell, reproducibly.
 
-Pass 1 reads only ``age`` and ``donor_id`` to decide; pass 2 streams the chunks once more and
-writes each row to its side. Cells without an age are left out of both splits.
+Pass 1 reads only the ages and ``donor_id`` to decide; pass 2 streams the chunks once, joined
+with their ages, and writes each row to its side: the next chunk is read and the previous files
+encoded on background threads meanwhile. Cells without an age are left out of both splits.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,10 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from scrna_assets.core.add_age import AGE_COLUMN, iter_aged_chunks
 from scrna_assets.core.parquet_io import ChunkWriter, chunk_files, iter_chunk_tables
 
 DONOR_COLUMN = "donor_id"
 SPLIT_MODES = ("auto", "donor", "cell")
+# Background threads encoding files, per side; one each keeps both cores busy with the reader.
+WRITER_THREADS = 1
 
 
 @dataclass
@@ -77,22 +82,28 @@ def test_donors(donors: np.ndarray, test_size: float, seed: int) -> set[str]:
     return chosen
 
 
-def _read_split_columns(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_split_columns(chunks_folder: Path, ages_folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Ages (NaN for null) and donor ids of every cell: the only full-length columns we hold."""
-    files = chunk_files(folder)
-    has_donor = bool(files) and DONOR_COLUMN in pq.read_schema(files[0]).names
-    ages, donors = [], []
-    for table in iter_chunk_tables(folder, ["age", DONOR_COLUMN] if has_donor else ["age"]):
-        ages.append(table.column("age").to_numpy(zero_copy_only=False).astype(np.float64))
-        if has_donor:
-            donors.append(pc.fill_null(table.column(DONOR_COLUMN).cast(pa.string()), "").to_numpy(zero_copy_only=False))
+    ages = [t.column(AGE_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64) for t in iter_chunk_tables(ages_folder, [AGE_COLUMN])]
     age_array = np.concatenate(ages) if ages else np.empty(0)
-    donor_array = (np.concatenate(donors).astype(str) if donors else np.empty(0, dtype=str)) if has_donor else None
+    files = chunk_files(chunks_folder)
+    if not files or DONOR_COLUMN not in pq.read_schema(files[0]).names:
+        return age_array, None
+    donors = [
+        pc.fill_null(t.column(DONOR_COLUMN).cast(pa.string()), "").to_numpy(zero_copy_only=False)
+        for t in iter_chunk_tables(chunks_folder, [DONOR_COLUMN])
+    ]
+    donor_array = np.concatenate(donors).astype(str)
+    if len(donor_array) != len(age_array):
+        raise ValueError(
+            f"{ages_folder} holds {len(age_array)} ages for {len(donor_array)} cells in {chunks_folder}: materialize aged_chunks again"
+        )
     return age_array, donor_array
 
 
 def split_chunks(
-    in_folder: Path,
+    chunks_folder: Path,
+    ages_folder: Path,
     train_folder: Path,
     test_folder: Path | None,
     test_size: float,
@@ -101,9 +112,9 @@ def split_chunks(
     compression: str,
     chunk_size: int,
 ) -> SplitResult:
-    """Write train and test chunk folders; with ``test_folder`` None, every aged cell goes to
-    ``train_folder`` (no split)."""
-    ages, donors = _read_split_columns(in_folder)
+    """Write train and test chunk folders from the interim chunks and their ages (``add_ages``);
+    with ``test_folder`` None, every aged cell goes to ``train_folder`` (no split)."""
+    ages, donors = _read_split_columns(chunks_folder, ages_folder)
     aged = ~np.isnan(ages)
     aged_donors = donors[aged] if donors is not None else None
     mode = choose_mode(split_by, aged_donors, test_size) if test_folder is not None else "none"
@@ -117,26 +128,29 @@ def split_chunks(
     elif mode == "cell":
         is_test[aged] = test_mask_by_cell(ages[aged], test_size, seed)
 
-    train = ChunkWriter(train_folder, compression, chunk_size)
-    test = ChunkWriter(test_folder, compression, chunk_size) if test_folder is not None else None
-    offset = 0
-    schema = None
-    for table in iter_chunk_tables(in_folder):
-        n = table.num_rows
-        rows_test = is_test[offset : offset + n]
-        rows_aged = aged[offset : offset + n]
-        train.write(table.filter(pa.array(rows_aged & ~rows_test)))
-        if test is not None:
-            test.write(table.filter(pa.array(rows_test)))
-        schema = table.schema
-        offset += n
+    with ExitStack() as writers:
+        train = writers.enter_context(ChunkWriter(train_folder, compression, chunk_size, workers=WRITER_THREADS))
+        test = writers.enter_context(ChunkWriter(test_folder, compression, chunk_size, workers=WRITER_THREADS)) if test_folder is not None else None
+        offset = 0
+        schema = None
+        for table in iter_aged_chunks(chunks_folder, ages_folder, prefetch=True):
+            n = table.num_rows
+            rows_test = is_test[offset : offset + n]
+            rows_aged = aged[offset : offset + n]
+            train.write(table.filter(pa.array(rows_aged & ~rows_test)))
+            if test is not None:
+                test.write(table.filter(pa.array(rows_test)))
+            schema = table.schema
+            offset += n
+        train_files = train.close(schema)
+        test_files = test.close(schema) if test is not None else []
     result = SplitResult(
         mode=mode,
         train_cells=int((aged & ~is_test).sum()),
         test_cells=int(is_test.sum()),
         without_age=int((~aged).sum()),
-        train_files=train.close(schema),
-        test_files=test.close(schema) if test is not None else [],
+        train_files=train_files,
+        test_files=test_files,
         train_donors=len(train_donor_set),
         test_donors=len(test_donor_set),
     )

@@ -1,4 +1,4 @@
-"""add_ages: the ``age`` column (float64 years) appended to interim chunks, chunking unchanged."""
+"""add_ages: one (cell_id, age) file per interim chunk; iter_aged_chunks joins them back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scrna_assets.core.add_age import AgeResult, add_ages
+from scrna_assets.core.add_age import AgeResult, add_ages, iter_aged_chunks
 from scrna_assets.core.convert import convert_h5ad
 from scrna_assets.core.parquet_io import ChunkWriter
 from scrna_assets_tests.core import h5ad_factory as factory
@@ -32,13 +32,10 @@ def interim(tmp_path: Path, h5ad: Path, chunk_size: int = 3) -> Path:
     return folder
 
 
-def read_folder(files: list[Path]) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in files])
-
-
-def aged(tmp_path: Path, folder: Path, chunk_size: int = 3) -> tuple[AgeResult, pa.Table]:
-    result = add_ages(folder, tmp_path / "aged" / "chunks", "zstd", chunk_size)
-    return result, read_folder(result.chunk_files)
+def aged(tmp_path: Path, folder: Path) -> tuple[AgeResult, pa.Table]:
+    """The ages of ``folder``'s cells, and the interim chunks joined with them."""
+    result = add_ages(folder, tmp_path / "aged" / "chunks", "zstd")
+    return result, pa.concat_tables(iter_aged_chunks(folder, tmp_path / "aged" / "chunks"))
 
 
 def test_age_from_development_stage_labels(tmp_path: Path) -> None:
@@ -90,17 +87,40 @@ def test_no_stage_columns_gives_all_null(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 10])
-def test_chunking_and_other_columns_preserved(tmp_path: Path, chunk_size: int) -> None:
-    """Same files, same rows per file, same values: add_ages only appends ``age``."""
+def test_one_age_file_per_chunk_and_join_preserves_rows(tmp_path: Path, chunk_size: int) -> None:
+    """Same file names, same cells in the same order, only cell_id and age; the join gives each
+    chunk unchanged with ``age`` appended."""
     folder = interim(tmp_path, factory.write_stages(tmp_path / "in.h5ad", LABELS, None), chunk_size)
     before = sorted(folder.glob("chunk_*.parquet"))
-    result, _ = aged(tmp_path, folder, chunk_size)
+    result, _ = aged(tmp_path, folder)
     assert [p.name for p in result.chunk_files] == [p.name for p in before]
-    for src, dst in zip(before, result.chunk_files):
-        original, with_age = pq.read_table(src), pq.read_table(dst)
-        assert with_age.num_rows == original.num_rows
+    joined = list(iter_aged_chunks(folder, tmp_path / "aged" / "chunks"))
+    for src, ages_file, with_age in zip(before, result.chunk_files, joined, strict=True):
+        original, ages = pq.read_table(src), pq.read_table(ages_file)
+        assert ages.column_names == ["cell_id", "age"]
+        assert ages.column("cell_id").equals(original.column("cell_id"))
         assert with_age.column_names == [*original.column_names, "age"]
         assert with_age.drop_columns(["age"]).equals(original)
+    assert pa.concat_tables(joined).column("age").to_pylist() == LABEL_AGES
+
+
+def test_join_refuses_ages_of_other_chunks(tmp_path: Path) -> None:
+    """Interim chunks converted again (another chunk size, or other cells) after the ages were
+    written: the join stops with a message instead of mislabelling cells."""
+    h5ad = factory.write_stages(tmp_path / "in.h5ad", LABELS, None)
+    folder = interim(tmp_path, h5ad, 3)
+    aged(tmp_path, folder)
+    ages = tmp_path / "aged" / "chunks"
+    reconverted = tmp_path / "again" / "chunks"
+    convert_h5ad(h5ad, "ds", reconverted, factory.HGNC_MAP, 4, 0, "zstd")
+    with pytest.raises(ValueError, match=r"\(2 files\): materialize aged_chunks again"):
+        list(iter_aged_chunks(reconverted, ages))
+    other = tmp_path / "other" / "chunks"
+    ChunkWriter(other, "zstd", 3).write(pa.table({"cell_id": [f"x{i}" for i in range(3)]}))
+    for name in ("chunk_0001.parquet", "chunk_0002.parquet"):
+        (other / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(ValueError, match="chunk_0000.parquet does not hold the cells of"):
+        list(iter_aged_chunks(other, ages))
 
 
 def test_obs_age_clash_keeps_both(tmp_path: Path) -> None:
@@ -127,7 +147,7 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     """No interim chunks at all is a mistake upstream, not an empty dataset."""
     (tmp_path / "nothing").mkdir()
     with pytest.raises(ValueError, match="no parquet chunks"):
-        add_ages(tmp_path / "nothing", tmp_path / "out", "zstd", 10)
+        add_ages(tmp_path / "nothing", tmp_path / "out", "zstd")
 
 
 def test_stage_column_with_unexpected_whitespace_and_case(tmp_path: Path) -> None:
@@ -144,7 +164,7 @@ def test_real_perturbseq_age_23(tmp_path: Path, shared_data: Path) -> None:
     """The schema-7.1 file: every cell is 23 years old; 4 chunks of 128 stay 4 chunks."""
     folder = tmp_path / "interim" / "chunks"
     convert_h5ad(shared_data / "h5ad" / "cxg_schema7.1_small_perturbations_marson_cd4_perturbseq.h5ad", "p", folder, {}, 128, 0, "zstd")
-    result, table = aged(tmp_path, folder, 128)
+    result, table = aged(tmp_path, folder)
     assert [pq.read_metadata(p).num_rows for p in result.chunk_files] == [128, 128, 128, 116]
     assert (result.n_cells, result.with_age, result.age_source) == (500, 500, "development_stage")
     assert result.age_counts == {23.0: 500}
@@ -155,7 +175,7 @@ def test_real_heart_term_ids_only_carnegie_stage_is_null(tmp_path: Path, shared_
     """The unlabeled heart file has only term ids (HsapDv:0000003 = Carnegie stage 01): no age."""
     folder = tmp_path / "interim" / "chunks"
     convert_h5ad(shared_data / "h5ad" / "cxg_schema7_example_valid_unlabeled_heart320.h5ad", "h", folder, {}, 128, 0, "zstd")
-    result, table = aged(tmp_path, folder, 128)
+    result, table = aged(tmp_path, folder)
     assert result.age_source == "development_stage_ontology_term_id"
     assert (result.n_cells, result.with_age, result.without_age) == (320, 0, 320)
     assert result.unparsed_labels == {"Carnegie stage 01": 320}

@@ -126,24 +126,28 @@ def test_donor_split_equal_donors_exact() -> None:
 # -- split_chunks end to end ------------------------------------------------------------------
 
 
-def make_input(folder: Path) -> pa.Table:
-    """Three chunk files (13, 0 and 27 rows) with nulls in age; returns the whole input table."""
+def make_input(root: Path, slices: tuple[tuple[int, int], ...] = ((0, 13), (13, 13), (13, 40)), donors: bool = True) -> pa.Table:
+    """Interim chunks in ``root/in`` (13, 0 and 27 rows by default) and their ages in
+    ``root/ages``, with nulls in age; returns the whole input table with ``age`` last."""
     rng = np.random.default_rng(2024)
     n = 40
-    donors = [f"D{int(i)}" for i in rng.integers(0, 8, size=n)]
+    donor_ids = [f"D{int(i)}" for i in rng.integers(0, 8, size=n)]
     ages = [None if rng.random() < 0.2 else float(rng.choice([25.0, 40.0, 0.5, 71.0])) for _ in range(n)]
     table = pa.table(
         {
             "cell_id": pa.array([f"cell{i:03d}" for i in range(n)], type=pa.string()),
-            "age": pa.array(ages, type=pa.float64()),
-            "donor_id": pa.array(donors, type=pa.string()),
+            **({"donor_id": pa.array(donor_ids, type=pa.string())} if donors else {}),
             "cell_sentence": pa.array([f"G{i % 5} G{i % 3}" for i in range(n)], type=pa.string()),
             "n_genes": pa.array([2] * n, type=pa.int32()),
+            "age": pa.array(ages, type=pa.float64()),
         }
     )
-    folder.mkdir(parents=True)
-    for index, (start, stop) in enumerate([(0, 13), (13, 13), (13, 40)]):
-        pq.write_table(table.slice(start, stop - start), folder / f"chunk_{index:04d}.parquet")
+    (root / "in").mkdir(parents=True)
+    (root / "ages").mkdir(parents=True)
+    for index, (start, stop) in enumerate(slices):
+        part = table.slice(start, stop - start)
+        pq.write_table(part.drop_columns(["age"]), root / "in" / f"chunk_{index:04d}.parquet")
+        pq.write_table(part.select(["cell_id", "age"]), root / "ages" / f"chunk_{index:04d}.parquet")
     return table
 
 
@@ -160,7 +164,7 @@ def run_split(tmp_path: Path, name: str, **overrides: object) -> tuple[SplitResu
     kwargs.update(overrides)
     train = tmp_path / name / "train"
     test = tmp_path / name / "test" if kwargs.pop("with_test", True) else None
-    result = split_chunks(tmp_path / "in", train, test, **kwargs)  # type: ignore[arg-type]
+    result = split_chunks(tmp_path / "in", tmp_path / "ages", train, test, **kwargs)  # type: ignore[arg-type]
     return result, train, test
 
 
@@ -179,7 +183,7 @@ def assert_chunk_sizes(sizes: list[int], chunk_size: int) -> None:
 def test_split_chunks_end_to_end(tmp_path: Path, split_by: str) -> None:
     """Null ages dropped, every aged cell in exactly one side, rows intact and in order,
     chunks of at most chunk_size rows, donor splits never share a donor."""
-    source = make_input(tmp_path / "in")
+    source = make_input(tmp_path)
     aged_ids = {r["cell_id"] for r in source.to_pylist() if r["age"] is not None}
     n_null = sum(1 for a in source.column("age").to_pylist() if a is None)
     assert 0 < n_null < source.num_rows
@@ -225,7 +229,7 @@ def test_split_chunks_end_to_end(tmp_path: Path, split_by: str) -> None:
 @pytest.mark.parametrize("split_by", ["cell", "donor"])
 def test_split_chunks_byte_identical_reruns(tmp_path: Path, split_by: str) -> None:
     """Two runs with the same seed write byte-identical files; another seed splits differently."""
-    make_input(tmp_path / "in")
+    make_input(tmp_path)
     _, train_a, test_a = run_split(tmp_path, "a", split_by=split_by)
     _, train_b, test_b = run_split(tmp_path, "b", split_by=split_by)
     for dir_a, dir_b in ((train_a, train_b), (test_a, test_b)):
@@ -244,7 +248,7 @@ def test_split_chunks_byte_identical_reruns(tmp_path: Path, split_by: str) -> No
 
 def test_split_chunks_without_test_folder(tmp_path: Path) -> None:
     """test_folder=None: no split, every aged cell in train, in order."""
-    source = make_input(tmp_path / "in")
+    source = make_input(tmp_path)
     result, train_dir, test_dir = run_split(tmp_path, "out", with_test=False, chunk_size=6)
     assert test_dir is None
     train, sizes = read_folder(train_dir)
@@ -260,12 +264,17 @@ def test_split_chunks_without_test_folder(tmp_path: Path) -> None:
 
 def test_split_chunks_without_donor_column(tmp_path: Path) -> None:
     """No donor_id column: auto falls back to cell mode, donor mode is an error."""
-    source = make_input(tmp_path / "src")
-    folder = tmp_path / "in"
-    folder.mkdir()
-    pq.write_table(source.drop_columns(["donor_id"]), folder / "chunk_0000.parquet")
+    make_input(tmp_path, slices=((0, 40),), donors=False)
     result, _, _ = run_split(tmp_path, "auto", split_by="auto")
     assert result.mode == "cell"
     assert (result.train_donors, result.test_donors) == (0, 0)
     with pytest.raises(ValueError):
         run_split(tmp_path, "donor", split_by="donor")
+
+
+def test_split_refuses_ages_of_other_chunks(tmp_path: Path) -> None:
+    """Ages written for an earlier conversion of the chunks: a clear error, nothing mislabelled."""
+    make_input(tmp_path)
+    (tmp_path / "ages" / "chunk_0000.parquet").unlink()
+    with pytest.raises(ValueError, match=r"holds 27 ages for 40 cells in .*: materialize aged_chunks again"):
+        run_split(tmp_path, "out", split_by="donor")
