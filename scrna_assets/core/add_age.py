@@ -2,7 +2,7 @@
 
 The ages are written as a small table per interim chunk (``cell_id``, ``age``; same file names,
 same rows, same order) instead of a copy of the chunk with ``age`` appended: rewriting the cell
-sentences would cost as much as the conversion. The split joins the two (``iter_aged_chunks``).
+sentences would cost as much as the conversion. The split joins the two (``iter_aged_batches``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scrna_assets.core.ages import parse_age_years, stage_label
-from scrna_assets.core.parquet_io import chunk_files, iter_chunk_tables, read_chunk_file, write_chunk_file
+from scrna_assets.core.parquet_io import chunk_files, iter_chunk_batches, iter_chunk_tables, read_chunk_file, write_chunk_file
 
 STAGE_LABEL_COLUMN = "development_stage"
 STAGE_ID_COLUMN = "development_stage_ontology_term_id"
@@ -88,19 +88,29 @@ def add_ages(in_folder: Path, out_folder: Path, compression: str) -> AgeResult:
     )
 
 
-def iter_aged_chunks(chunks_folder: Path, ages_folder: Path, prefetch: bool = False) -> Iterator[pa.Table]:
-    """Each interim chunk with ``age`` appended, after checking that the age table is the one made
-    from it (same file, same cells): a chunk folder converted again since would be mislabelled."""
+def iter_aged_batches(chunks_folder: Path, ages_folder: Path) -> Iterator[pa.Table]:
+    """The interim chunks in order, as tables of at most 1,024 rows with ``age`` appended (so a
+    pass over them holds a batch, not a chunk), after checking that the ages are the ones made
+    from these chunks (same files, same cells): a chunk folder converted again since would
+    otherwise be mislabelled."""
     chunks, age_files = chunk_files(chunks_folder), chunk_files(ages_folder)
     if [p.name for p in chunks] != [p.name for p in age_files]:
         raise ValueError(
             f"the ages in {ages_folder} ({len(age_files)} files) were not made from {chunks_folder} "
             f"({len(chunks)} files): materialize aged_chunks again"
         )
-    for path, table in zip(age_files, iter_chunk_tables(chunks_folder, prefetch=prefetch)):
-        ages = read_chunk_file(path)
-        if ages.num_rows != table.num_rows or (
-            CELL_ID_COLUMN in table.column_names and not ages.column(CELL_ID_COLUMN).equals(table.column(CELL_ID_COLUMN))
-        ):
-            raise ValueError(f"{path} does not hold the cells of {chunks_folder / path.name}: materialize aged_chunks again")
-        yield table.append_column(AGE_COLUMN, ages.column(AGE_COLUMN))
+    for chunk, age_file in zip(chunks, age_files):
+        ages = read_chunk_file(age_file)
+        mismatch = ValueError(f"{age_file} does not hold the cells of {chunk}: materialize aged_chunks again")
+        offset = 0
+        for table in iter_chunk_batches(chunk):
+            rows = table.num_rows
+            if offset + rows > ages.num_rows or (
+                CELL_ID_COLUMN in table.column_names
+                and not ages.column(CELL_ID_COLUMN).slice(offset, rows).equals(table.column(CELL_ID_COLUMN))
+            ):
+                raise mismatch
+            yield table.append_column(AGE_COLUMN, ages.column(AGE_COLUMN).slice(offset, rows))
+            offset += rows
+        if offset != ages.num_rows:
+            raise mismatch

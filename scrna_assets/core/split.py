@@ -1,8 +1,8 @@
 """Step 4: split aged cells into train and test, by donor or by cell, reproducibly.
 
-Pass 1 reads only the ages and ``donor_id`` to decide; pass 2 streams the chunks once, joined
-with their ages, and writes each row to its side: the next chunk is read and the previous files
-encoded on background threads meanwhile. Cells without an age are left out of both splits.
+Pass 1 reads only the ages and ``donor_id`` to decide; pass 2 streams the chunks once, in
+batches of 1,024 rows joined with their ages, and routes each row to its side, while a
+background thread per side encodes the finished files. Cells without an age are left out.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scrna_assets.core.add_age import AGE_COLUMN, iter_aged_chunks
+from scrna_assets.core.add_age import AGE_COLUMN, iter_aged_batches
 from scrna_assets.core.parquet_io import ChunkWriter, chunk_files, iter_chunk_tables
 
 DONOR_COLUMN = "donor_id"
 SPLIT_MODES = ("auto", "donor", "cell")
-# Background threads encoding files, per side; one each keeps both cores busy with the reader.
+# Background threads encoding files, per side; one keeps both cores busy with the reader.
 WRITER_THREADS = 1
 
 
@@ -133,7 +133,7 @@ def split_chunks(
         test = writers.enter_context(ChunkWriter(test_folder, compression, chunk_size, workers=WRITER_THREADS)) if test_folder is not None else None
         offset = 0
         schema = None
-        for table in iter_aged_chunks(chunks_folder, ages_folder, prefetch=True):
+        for table in iter_aged_batches(chunks_folder, ages_folder):
             n = table.num_rows
             rows_test = is_test[offset : offset + n]
             rows_aged = aged[offset : offset + n]

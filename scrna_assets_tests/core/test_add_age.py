@@ -1,4 +1,4 @@
-"""add_ages: one (cell_id, age) file per interim chunk; iter_aged_chunks joins them back."""
+"""add_ages: one (cell_id, age) file per interim chunk; iter_aged_batches joins them back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scrna_assets.core.add_age import AgeResult, add_ages, iter_aged_chunks
+from scrna_assets.core.add_age import AgeResult, add_ages, iter_aged_batches
 from scrna_assets.core.convert import convert_h5ad
 from scrna_assets.core.parquet_io import ChunkWriter
 from scrna_assets_tests.core import h5ad_factory as factory
@@ -35,7 +35,7 @@ def interim(tmp_path: Path, h5ad: Path, chunk_size: int = 3) -> Path:
 def aged(tmp_path: Path, folder: Path) -> tuple[AgeResult, pa.Table]:
     """The ages of ``folder``'s cells, and the interim chunks joined with them."""
     result = add_ages(folder, tmp_path / "aged" / "chunks", "zstd")
-    return result, pa.concat_tables(iter_aged_chunks(folder, tmp_path / "aged" / "chunks"))
+    return result, pa.concat_tables(iter_aged_batches(folder, tmp_path / "aged" / "chunks"))
 
 
 def test_age_from_development_stage_labels(tmp_path: Path) -> None:
@@ -94,14 +94,32 @@ def test_one_age_file_per_chunk_and_join_preserves_rows(tmp_path: Path, chunk_si
     before = sorted(folder.glob("chunk_*.parquet"))
     result, _ = aged(tmp_path, folder)
     assert [p.name for p in result.chunk_files] == [p.name for p in before]
-    joined = list(iter_aged_chunks(folder, tmp_path / "aged" / "chunks"))
-    for src, ages_file, with_age in zip(before, result.chunk_files, joined, strict=True):
-        original, ages = pq.read_table(src), pq.read_table(ages_file)
+    for src, ages_file in zip(before, result.chunk_files, strict=True):
+        ages = pq.read_table(ages_file)
         assert ages.column_names == ["cell_id", "age"]
-        assert ages.column("cell_id").equals(original.column("cell_id"))
-        assert with_age.column_names == [*original.column_names, "age"]
-        assert with_age.drop_columns(["age"]).equals(original)
-    assert pa.concat_tables(joined).column("age").to_pylist() == LABEL_AGES
+        assert ages.column("cell_id").equals(pq.read_table(src).column("cell_id"))
+    joined = pa.concat_tables(iter_aged_batches(folder, tmp_path / "aged" / "chunks"))
+    original = pa.concat_tables(pq.read_table(src) for src in before)
+    assert joined.column_names == [*original.column_names, "age"]
+    assert joined.drop_columns(["age"]).equals(original)
+    assert joined.column("age").to_pylist() == LABEL_AGES
+
+
+def test_join_of_chunks_longer_than_a_batch(tmp_path: Path) -> None:
+    """Chunks of 2,500 and 1,100 cells come back in pieces of at most 1,024 rows, each with the
+    ages of its own cells."""
+    n = 3600
+    labels = [LABELS[i % len(LABELS)] for i in range(n)]
+    folder = tmp_path / "interim" / "chunks"
+    writer = ChunkWriter(folder, "zstd", 2500)
+    writer.write(pa.table({"cell_id": [f"c{i}" for i in range(n)], "development_stage": labels}))
+    writer.close()
+    result, joined = aged(tmp_path, folder)
+    pieces = list(iter_aged_batches(folder, tmp_path / "aged" / "chunks"))
+    assert [p.num_rows for p in pieces] == [1024, 1024, 452, 1024, 76]
+    assert joined.column("cell_id").to_pylist() == [f"c{i}" for i in range(n)]
+    assert joined.column("age").to_pylist() == [LABEL_AGES[i % len(LABEL_AGES)] for i in range(n)]
+    assert (result.n_cells, result.with_age) == (n, 2058)
 
 
 def test_join_refuses_ages_of_other_chunks(tmp_path: Path) -> None:
@@ -114,13 +132,17 @@ def test_join_refuses_ages_of_other_chunks(tmp_path: Path) -> None:
     reconverted = tmp_path / "again" / "chunks"
     convert_h5ad(h5ad, "ds", reconverted, factory.HGNC_MAP, 4, 0, "zstd")
     with pytest.raises(ValueError, match=r"\(2 files\): materialize aged_chunks again"):
-        list(iter_aged_chunks(reconverted, ages))
+        list(iter_aged_batches(reconverted, ages))
     other = tmp_path / "other" / "chunks"
     ChunkWriter(other, "zstd", 3).write(pa.table({"cell_id": [f"x{i}" for i in range(3)]}))
     for name in ("chunk_0001.parquet", "chunk_0002.parquet"):
         (other / name).write_bytes((folder / name).read_bytes())
     with pytest.raises(ValueError, match="chunk_0000.parquet does not hold the cells of"):
-        list(iter_aged_chunks(other, ages))
+        list(iter_aged_batches(other, ages))
+    # the same first cells but one fewer: the ages file has a cell the chunk lacks
+    pq.write_table(pq.read_table(folder / "chunk_0000.parquet").slice(0, 2), other / "chunk_0000.parquet")
+    with pytest.raises(ValueError, match="chunk_0000.parquet does not hold the cells of"):
+        list(iter_aged_batches(other, ages))
 
 
 def test_obs_age_clash_keeps_both(tmp_path: Path) -> None:

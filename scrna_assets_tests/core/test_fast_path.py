@@ -439,14 +439,30 @@ def test_read_chunk_file_equals_read_table(tmp_path: Path) -> None:
             assert got.column_names == want.column_names
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_iter_chunk_tables_prefetch_keeps_order(tmp_path: Path, prefetch: bool) -> None:
+def test_iter_chunk_tables_keeps_order(tmp_path: Path) -> None:
     from scrna_assets.core.parquet_io import iter_chunk_tables
 
     writer = ChunkWriter(tmp_path / "c", "zstd", 100)
     writer.write(_rows(0, 450))
     writer.close()
-    tables = list(iter_chunk_tables(tmp_path / "c", prefetch=prefetch))
+    tables = list(iter_chunk_tables(tmp_path / "c"))
     assert [t.num_rows for t in tables] == [100, 100, 100, 100, 50]
     assert pa.concat_tables(tables).equals(_rows(0, 450))
-    assert list(iter_chunk_tables(tmp_path / "missing", prefetch=prefetch)) == []
+    assert list(iter_chunk_tables(tmp_path / "missing")) == []
+
+
+def test_iter_chunk_batches_are_the_file_in_1024_row_pieces(tmp_path: Path) -> None:
+    """Pieces of 1,024 rows with the file's schema (metadata included); an empty file is one
+    empty piece, so a reader still sees its columns."""
+    from scrna_assets.core.parquet_io import iter_chunk_batches
+
+    table = _rows(0, 2500).replace_schema_metadata({"origin": "test"})
+    pq.write_table(table, tmp_path / "t.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    pieces = list(iter_chunk_batches(tmp_path / "t.parquet"))
+    assert [p.num_rows for p in pieces] == [1024, 1024, 452]
+    assert all(p.schema.equals(table.schema, check_metadata=True) for p in pieces)
+    assert pa.concat_tables(pieces).equals(table)
+    assert [p.column_names for p in iter_chunk_batches(tmp_path / "t.parquet", ["i"])] == [["i"]] * 3
+    empty = list(iter_chunk_batches(tmp_path / "empty.parquet"))
+    assert len(empty) == 1 and empty[0].num_rows == 0 and empty[0].schema.equals(table.schema, check_metadata=True)
