@@ -69,33 +69,46 @@ def test_mask_by_cell(ages: np.ndarray, test_size: float, seed: int) -> np.ndarr
     return mask
 
 
-def test_donors(donors: np.ndarray, test_size: float, seed: int) -> set[str]:
-    """Whole donors, visited in a seeded random order; a donor joins test when that brings the
-    test cell count closer to the target. This keeps |share - test_size| <= the largest donor's share.
+def test_donors(donors: np.ndarray, test_size: float, seed: int) -> set:
+    """Whole donors (ids, or codes in id order), visited in a seeded random order; a donor joins
+    test when that brings the test cell count closer to the target. This keeps
+    |share - test_size| <= the largest donor's share.
     """
     names, sizes = np.unique(donors, return_counts=True)
     target = test_size * len(donors)
-    chosen: set[str] = set()
+    chosen = set()
     count = 0
     for i in np.random.default_rng(seed).permutation(len(names)):
         if abs(count + sizes[i] - target) < abs(count - target):
-            chosen.add(str(names[i]))
+            chosen.add(names[i].item())
             count += int(sizes[i])
     return chosen
 
 
+def _donor_codes(chunks_folder: Path) -> np.ndarray:
+    """Each cell's donor as an int32 code, numbered in sorted id order (so the seeded choice over
+    codes is the one over ids; a null id counts as ""): 4 bytes per cell whatever the ids' length,
+    where an array of the ids themselves grows with the longest id."""
+    code_of: dict[str, int] = {}
+    pieces = []
+    for table in iter_chunk_tables(chunks_folder, [DONOR_COLUMN]):
+        ids = pc.fill_null(table.column(DONOR_COLUMN).cast(pa.string()), "").combine_chunks()
+        encoded = pc.dictionary_encode(ids)
+        chunk_codes = np.array([code_of.setdefault(i, len(code_of)) for i in encoded.dictionary.to_pylist()], dtype=np.int32)
+        pieces.append(chunk_codes[encoded.indices.to_numpy(zero_copy_only=False)])
+    rank = np.empty(len(code_of), dtype=np.int32)
+    rank[np.argsort(np.array(list(code_of), dtype=object), kind="stable")] = np.arange(len(code_of), dtype=np.int32)
+    return rank[np.concatenate(pieces)] if pieces else np.empty(0, dtype=np.int32)
+
+
 def _read_split_columns(chunks_folder: Path, ages_folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Ages (NaN for null) and donor ids of every cell: the only full-length columns we hold."""
+    """Ages (NaN for null) and donor codes of every cell: the only full-length columns we hold."""
     ages = [t.column(AGE_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64) for t in iter_chunk_tables(ages_folder, [AGE_COLUMN])]
     age_array = np.concatenate(ages) if ages else np.empty(0)
     files = chunk_files(chunks_folder)
     if not files or DONOR_COLUMN not in pq.read_schema(files[0]).names:
         return age_array, None
-    donors = [
-        pc.fill_null(t.column(DONOR_COLUMN).cast(pa.string()), "").to_numpy(zero_copy_only=False)
-        for t in iter_chunk_tables(chunks_folder, [DONOR_COLUMN])
-    ]
-    donor_array = np.concatenate(donors).astype(str)
+    donor_array = _donor_codes(chunks_folder)
     if len(donor_array) != len(age_array):
         raise ValueError(
             f"{ages_folder} holds {len(age_array)} ages for {len(donor_array)} cells in {chunks_folder}: materialize aged_chunks again"
@@ -121,8 +134,8 @@ def split_chunks(
     aged_donors = donors[aged] if donors is not None else None
     mode = choose_mode(split_by, aged_donors, test_size) if test_folder is not None else "none"
     is_test = np.zeros(len(ages), dtype=bool)
-    train_donor_set: set[str] = set()
-    test_donor_set: set[str] = set()
+    train_donor_set: set[int] = set()
+    test_donor_set: set[int] = set()
     if mode == "donor":
         test_donor_set = test_donors(aged_donors, test_size, seed)
         is_test[aged] = np.isin(aged_donors, list(test_donor_set))

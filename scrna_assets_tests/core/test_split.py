@@ -11,8 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scrna_assets.core.parquet_io import ChunkWriter
 from scrna_assets.core.split import (
     SplitResult,
+    _donor_codes,
     choose_mode,
     split_chunks,
     test_donors as pick_test_donors,
@@ -278,3 +280,19 @@ def test_split_refuses_ages_of_other_chunks(tmp_path: Path) -> None:
     (tmp_path / "ages" / "chunk_0000.parquet").unlink()
     with pytest.raises(ValueError, match=r"holds 27 ages for 40 cells in .*: materialize aged_chunks again"):
         run_split(tmp_path, "out", split_by="donor")
+
+
+def test_donor_codes_follow_sorted_ids_across_chunks(tmp_path: Path) -> None:
+    """Donors held as int32 codes numbered in sorted id order (null as ""), the same across
+    chunks, so the seeded donor choice over codes is the one over the ids themselves."""
+    ids = ["d-b", None, "d-a", "é-long-donor-identifier" * 4, "d-b", "d-a", "d-c"]
+    writer = ChunkWriter(tmp_path / "in", "zstd", 4)
+    writer.write(pa.table({"donor_id": pa.array(ids, pa.string())}))
+    writer.close()
+    codes = _donor_codes(tmp_path / "in")
+    assert codes.dtype == np.int32
+    assert codes.tolist() == [2, 0, 1, 4, 2, 1, 3]
+    as_ids = np.array([i or "" for i in ids])
+    for seed in range(5):
+        chosen = pick_test_donors(codes, 0.4, seed)
+        assert {str(np.unique(as_ids)[c]) for c in chosen} == pick_test_donors(as_ids, 0.4, seed)
