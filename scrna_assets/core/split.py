@@ -1,8 +1,8 @@
 """Step 4: split aged cells into train and test, by donor or by cell, reproducibly.
 
 Pass 1 reads only the ages and ``donor_id`` to decide; pass 2 streams the chunks once, in
-batches of 1,024 rows joined with their ages, and routes each row to its side, while
-background threads encode the finished files. Cells without an age are left out.
+batches of 1,024 rows joined with their ages, and routes each row to its side, while a
+background thread per side encodes the finished files. Cells without an age are left out.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from scrna_assets.core.parquet_io import ChunkWriter, chunk_files, iter_chunk_ta
 
 DONOR_COLUMN = "donor_id"
 SPLIT_MODES = ("auto", "donor", "cell")
-# Background threads encoding files (zstd is most of the split's work): two for train, which gets
-# most rows (100k cells: 5.7 s instead of 7.0 s, +160 MB peak), one for the smaller test side.
-TRAIN_WRITER_THREADS = 2
-TEST_WRITER_THREADS = 1
+# Background threads encoding files (zstd is most of the split's work), per side. A second train
+# thread saved ~1 s per 100,000 cells but added ~150 MB, which took `run-all` on 1,000,000 cells
+# past 1.5 GB peak RSS.
+WRITER_THREADS = 1
 
 
 @dataclass
@@ -144,8 +144,8 @@ def split_chunks(
         is_test[aged] = test_mask_by_cell(ages[aged], test_size, seed)
 
     with ExitStack() as writers:
-        train = writers.enter_context(ChunkWriter(train_folder, compression, chunk_size, workers=TRAIN_WRITER_THREADS))
-        test = writers.enter_context(ChunkWriter(test_folder, compression, chunk_size, workers=TEST_WRITER_THREADS)) if test_folder is not None else None
+        train = writers.enter_context(ChunkWriter(train_folder, compression, chunk_size, workers=WRITER_THREADS))
+        test = writers.enter_context(ChunkWriter(test_folder, compression, chunk_size, workers=WRITER_THREADS)) if test_folder is not None else None
         offset = 0
         schema = None
         for table in iter_aged_batches(chunks_folder, ages_folder):
