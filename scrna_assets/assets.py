@@ -84,11 +84,11 @@ def _locked_staging(layout: DatasetLayout, asset: str, dataset: str) -> Iterator
         layout.clear_stale_staging(asset, dataset)
         with layout.staging(asset, dataset) as staging:
             yield staging, lock
-    except BaseException:
+    except BaseException as error:
         lock.close()
-        raise
-    except ValueError as error:
-        raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error
+        if isinstance(error, ValueError) and not isinstance(error, InputError):  # e.g. ages of other chunks
+            raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error
+        raise  # an InputError names its file already; _dataset_step makes it the step's message
 
 
 @asset(group_name=GROUP, description="Ensembl gene id -> HGNC approved symbol (downloaded, cached, or from --hgnc-file).")
@@ -175,11 +175,14 @@ def train_test_splits(
                 train_folder, test_folder = staging / "chunks", None
             else:
                 train_folder, test_folder = staging / "train" / "chunks", staging / "test" / "chunks"
+            record = read_provenance(aged_chunks) or {}
+            converted = read_provenance(parquet_chunks) or {}
+            if (record.get("input"), record.get("parameters")) != (converted.get("input"), converted.get("parameters")):
+                raise ValueError(f"the ages in {aged_chunks} were made from an earlier conversion: materialize aged_chunks again")
             result = split_chunks(
                 parquet_chunks / "chunks", aged_chunks / "chunks", train_folder, test_folder, settings.test_size, settings.seed,
                 settings.split_by, settings.compression, settings.chunk_size,
             )
-            record = read_provenance(aged_chunks) or {}
             record.setdefault("parameters", {}).update(split_parameters(settings))
             record.setdefault("figures", {}).update(
                 split_by=result.mode, train_cells=result.train_cells, test_cells=result.test_cells,

@@ -25,7 +25,7 @@ def _provenance(folder: Path) -> tuple[dict, dict]:
     return record.get("parameters", {}), record.get("figures", {})
 
 
-@asset_check(asset=train_test_splits, partitions_def=datasets_partitions, description="No donor has cells in both train and test.")
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions, blocking=True, description="No donor has cells in both train and test.")
 def no_donor_in_both_splits(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
     facts = split_facts(train_test_splits)
     shared = sorted(facts.donors.get("train", set()) & facts.donors.get("test", set()))
@@ -36,7 +36,7 @@ def no_donor_in_both_splits(context: AssetCheckExecutionContext, train_test_spli
     )
 
 
-@asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions, blocking=True,
              description="Test share as the contract says: exact per-age counts (cell) or within the largest donor's share (donor).")
 def test_share_within_contract(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
     parameters, figures = _provenance(train_test_splits)
@@ -75,7 +75,7 @@ def empty_sentence_share(context: AssetCheckExecutionContext, train_test_splits:
     )
 
 
-@asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
+@asset_check(asset=train_test_splits, partitions_def=datasets_partitions, blocking=True,
              description="Every chunk file is readable parquet with the expected columns and at most --chunk-size rows.")
 def chunk_files_readable(context: AssetCheckExecutionContext, train_test_splits: Path, settings: PipelineSettings) -> AssetCheckResult:
     facts = split_facts(train_test_splits, max_rows=settings.chunk_size)

@@ -207,22 +207,26 @@ class PipelineRunner:
             resources=build_resources(self.settings),
             loggers={"console": colored_console_logger, "progress": events.logger_definition()},
         )
-        result = definitions.resolve_job_def(CLI_JOB).execute_in_process(
-            run_config=run_config,
-            instance=self.instance,
-            partition_key=dataset,
-            raise_on_error=False,
-            tags={"scrna_assets/source": "cli"},
-        )
-        logging.getLogger(PROGRESS_LOGGER).handlers = []  # the next run brings its own handler
-        release_memory()
+        try:
+            result = definitions.resolve_job_def(CLI_JOB).execute_in_process(
+                run_config=run_config,
+                instance=self.instance,
+                partition_key=dataset,
+                raise_on_error=False,
+                tags={"scrna_assets/source": "cli"},
+            )
+        finally:
+            logging.getLogger(PROGRESS_LOGGER).handlers = []  # the next run brings its own handler
+            release_memory()
         checks = _checks(result)
         ran = [events.results[asset] for asset in assets if asset in events.results]
         for step_result in ran:
             if step_result.success and step_result.asset == CHECKED_ASSET:
                 step_result.checks = checks
-        if not result.success and all(r.success for r in ran):
+        blocked = any(outcome == AssetCheckSeverity.ERROR.value for outcome in checks.values())
+        if not result.success and all(r.success for r in ran) and not blocked:
             ran = self._blame(result, steps, ran, on_step)
+        # A failed ERROR check is blocking: the steps after it did not run, and the summary names it.
         return ran
 
     @staticmethod
@@ -233,13 +237,17 @@ class PipelineRunner:
         start): the failure goes to the step the check belongs to, or the first that did not run."""
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         message = f"{failure.step_key}: {_failure_message(failure)}" if failure is not None else "the run failed to start"
+        checked = next((r for r in ran if r.asset == CHECKED_ASSET), None)
+        if checked is not None and failure is not None and failure.step_key not in {STEPS[step][0] for step in steps}:
+            checked.success, checked.message = False, message
+            on_step(checked.step, checked)
+            return ran[: ran.index(checked) + 1]
         if len(ran) < len(steps):
             blamed = StepResult(steps[len(ran)], STEPS[steps[len(ran)]][0], False, message)
             on_step(blamed.step, blamed)
             return [*ran, blamed]
-        blamed = next((r for r in ran if r.asset == CHECKED_ASSET), ran[-1])
-        blamed.success, blamed.message = False, message
-        return ran[: ran.index(blamed) + 1]
+        ran[-1].success, ran[-1].message = False, message
+        return ran
 
     def run_step(self, step: int, dataset: str | None = None, h5ad_path: Path | None = None) -> StepResult:
         return self.run_steps((step,), dataset, h5ad_path, lambda *_: None)[0]
@@ -289,7 +297,7 @@ class PipelineRunner:
         return upload.get("status") == "uploaded" and upload.get("repo_id") == wanted
 
     def process_files(self, files: list[Path], reporter: Reporter, skip_existing: bool = False) -> list[DatasetOutcome]:
-        """Every file is its own set of partition runs: one failure never stops the others."""
+        """Every file is its own partition run: one failure never stops the others."""
         names, errors = datasets_by_name(files)
         refused = {Path(e.path): e for e in errors}
         reporter.step(1, None)

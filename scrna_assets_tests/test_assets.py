@@ -156,6 +156,29 @@ def test_step_without_upstream_fails_clearly(make_settings, instance) -> None:
     assert result.message.startswith("parquet_chunks for dataset 'never_converted' has not been materialized")
 
 
+def test_split_refuses_ages_of_an_earlier_conversion(example_files, make_settings, instance, tmp_path: Path) -> None:
+    """Step 2 run again on a changed file without step 3: the split stops instead of giving the
+    new sentences the old ages, and publishes nothing."""
+    import os
+    import shutil
+
+    h5ad = tmp_path / "example_cellxgene.h5ad"
+    shutil.copy(example_files[0], h5ad)
+    runner = PipelineRunner(make_settings(hgnc_file=str(example_files[1])), instance)
+    runner.register(EXAMPLE)
+    assert runner.run_step(1).success
+    assert [runner.run_step(step, EXAMPLE, h5ad).success for step in (2, 3)] == [True, True]
+    os.utime(h5ad, ns=(h5ad.stat().st_atime_ns, h5ad.stat().st_mtime_ns + 10**9))  # the file was replaced
+    assert runner.run_step(2, EXAMPLE, h5ad).success
+    result = runner.run_step(4, EXAMPLE, h5ad)
+    aged = Path(runner.settings.interim_dir) / "aged_chunks" / EXAMPLE
+    assert (result.success, result.message) == (
+        False, f"{EXAMPLE}: the ages in {aged} were made from an earlier conversion: materialize aged_chunks again",
+    )
+    assert not (Path(runner.settings.output_dir) / EXAMPLE).exists()
+    assert runner.run_step(3, EXAMPLE, h5ad).success and runner.run_step(4, EXAMPLE, h5ad).success
+
+
 @pytest.mark.parametrize(
     ("fixture", "cells", "matrix", "with_age", "split_by"),
     [

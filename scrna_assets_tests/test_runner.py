@@ -1,4 +1,5 @@
-"""The runner: memory is released between the files of a batch."""
+"""The runner: steps 2-5 as one run with progress per step, failures put on the right step, a
+failed ERROR check blocking the upload, and memory released between the files of a batch."""
 
 from __future__ import annotations
 
@@ -49,3 +50,80 @@ def test_peak_rss_does_not_grow_with_the_number_of_files(mid_size_file: Path, tm
             os.link(mid_size_file, folder / f"file_{index}.h5ad")
         peaks[count] = peak_rss_of_batch(folder, tmp_path / f"run_{count}")
     assert peaks[6] <= peaks[3] * 1.05, peaks
+
+
+class Recorder:
+    """A reporter that keeps what the runner reports, in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def file(self, index: int, total: int, dataset: str) -> None: ...
+
+    def step(self, step: int, result) -> None:
+        self.lines.append(f"start {step}" if result is None else f"{'ok' if result.success else 'failed'} {step}")
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def run_example(example_files, make_settings, instance, **settings: object):
+    from scrna_assets.runner import PipelineRunner, _outcome
+
+    h5ad, hgnc = example_files
+    runner = PipelineRunner(make_settings(hgnc_file=str(hgnc), **settings), instance)
+    assert runner.run_step(1).success
+    reporter = Recorder()
+    results = runner.run_dataset("example_cellxgene", h5ad, reporter)
+    return results, reporter.lines, _outcome("example_cellxgene", h5ad, results, 1.0)
+
+
+def test_steps_are_reported_as_they_run_in_one_run(example_files, make_settings, instance) -> None:
+    results, lines, outcome = run_example(example_files, make_settings, instance)
+    assert lines == [
+        "start 2", "ok 2", "start 3", "ok 3", "start 4", "ok 4",
+        "Cleanup: interim chunks of example_cellxgene removed", "start 5", "ok 5",
+    ]
+    assert [(r.step, r.success) for r in results] == [(2, True), (3, True), (4, True), (5, True)]
+    assert all(r.figures["seconds"] > 0 for r in results)
+    assert set(results[2].checks.values()) == {"PASSED"} and len(results[2].checks) == 5
+    assert (outcome.status, outcome.message) == ("SUCCESS", "")
+    assert len(instance.get_runs()) == 2  # hgnc_mapper, then steps 2-5 of the dataset
+
+
+def test_failed_error_check_blocks_the_upload(example_files, make_settings, instance, hub, monkeypatch) -> None:
+    """A donor in both splits (faked in the facts the checks read): the ERROR check fails, the
+    upload does not run, and the dataset is reported failed with the check's name."""
+    import scrna_assets.checks as checks
+
+    real = checks.split_facts
+
+    def leaking(folder, max_rows=None):
+        facts = real(folder, max_rows)
+        facts.donors["test"].add(sorted(facts.donors["train"])[0])
+        return facts
+
+    monkeypatch.setattr(checks, "split_facts", leaking)
+    results, lines, outcome = run_example(example_files, make_settings, instance, repo_id="lab/cells")
+    assert [(r.step, r.success) for r in results] == [(2, True), (3, True), (4, True)]
+    assert lines[-2:] == ["ok 4", "Cleanup: interim chunks of example_cellxgene removed"] and "start 5" not in lines
+    assert results[-1].checks["no_donor_in_both_splits"] == "ERROR"
+    assert (outcome.status, outcome.message) == (
+        "FAILED", "failed checks: no_donor_in_both_splits",
+    )
+    assert hub.repos == {}
+
+
+def test_crashed_check_fails_the_split_step(example_files, make_settings, instance, monkeypatch) -> None:
+    import scrna_assets.checks as checks
+
+    def crash(folder, max_rows=None):
+        raise RuntimeError("facts unavailable")
+
+    monkeypatch.setattr(checks, "split_facts", crash)
+    results, lines, outcome = run_example(example_files, make_settings, instance)
+    assert [(r.step, r.success) for r in results] == [(2, True), (3, True), (4, False)]
+    assert "start 5" not in lines and lines[-2:] == ["failed 4", lines[-1]]
+    assert lines[-1].startswith("Cleanup after failure:")
+    assert results[-1].message.endswith("facts unavailable")
+    assert outcome.status == "FAILED" and outcome.message.startswith("step 4 (train_test_splits): ")

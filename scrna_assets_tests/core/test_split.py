@@ -275,11 +275,18 @@ def test_split_chunks_without_donor_column(tmp_path: Path) -> None:
 
 
 def test_split_refuses_ages_of_other_chunks(tmp_path: Path) -> None:
-    """Ages written for an earlier conversion of the chunks: a clear error, nothing mislabelled."""
+    """Ages that do not belong to the chunks (a file missing, or the ages of other cells): a clear
+    error, nothing mislabelled."""
     make_input(tmp_path)
-    (tmp_path / "ages" / "chunk_0000.parquet").unlink()
+    ages_file = tmp_path / "ages" / "chunk_0000.parquet"
+    ages = pq.read_table(ages_file)
+    ages_file.unlink()
     with pytest.raises(ValueError, match=r"holds 27 ages for 40 cells in .*: materialize aged_chunks again"):
-        run_split(tmp_path, "out", split_by="donor")
+        run_split(tmp_path, "missing", split_by="donor")
+    other_cells = pa.array([f"other{i}" for i in range(ages.num_rows)])
+    pq.write_table(ages.set_column(0, "cell_id", other_cells), ages_file)
+    with pytest.raises(ValueError, match="chunk_0000.parquet does not hold the cells of .*: materialize aged_chunks again"):
+        run_split(tmp_path, "other", split_by="donor")
 
 
 def test_donor_codes_follow_sorted_ids_across_chunks(tmp_path: Path) -> None:
