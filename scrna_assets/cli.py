@@ -143,7 +143,10 @@ class EchoReporter:
             typer.echo(f"\n{RULE}\nSTEP {step}: {STEPS[step][1]}\n{RULE}")
         elif result.success:
             shown = ", ".join(f"{k}={result.figures[k]}" for k in STEP_FIGURES[step] if k in result.figures)
-            typer.echo(f"  {shown}\n✓ Step {step} complete")
+            typer.echo(f"  {shown}")
+            for name, severity in result.failed_checks.items():
+                typer.echo(f"  ✗ check {name} failed ({severity})")
+            typer.echo(f"✓ Step {step} complete")
         else:
             typer.echo(f"✗ Step {step} failed: {result.message}")
 

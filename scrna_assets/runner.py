@@ -116,13 +116,6 @@ def _failure_message(event: DagsterEvent) -> str:
     return error.message.strip()
 
 
-def _checks(result: ExecuteInProcessResult) -> dict[str, str]:
-    return {
-        evaluation.check_name: PASSED if evaluation.passed else evaluation.severity.value
-        for evaluation in result.get_asset_check_evaluations()
-    }
-
-
 def _figures(event: DagsterEvent) -> dict[str, Any]:
     """The metadata of an asset materialization event, as plain values."""
     metadata = event.step_materialization_data.materialization.metadata
@@ -130,7 +123,12 @@ def _figures(event: DagsterEvent) -> dict[str, Any]:
 
 
 class _StepEvents(logging.Handler):
-    """Turns a run's events into one StepResult per asset step, passed on as each step ends."""
+    """Turns a run's events into one StepResult per asset step, passed on as each step ends.
+
+    The checked step's success is held until its checks have run (the next step starts, or the
+    run ends: ``pass_on_held``), so it is passed on with their outcomes, and a check that crashes
+    fails that step without a ✓ printed first.
+    """
 
     def __init__(self, assets: dict[str, int], on_step: Callable[[int, StepResult | None], None]) -> None:
         super().__init__(logging.DEBUG)
@@ -139,13 +137,29 @@ class _StepEvents(logging.Handler):
         self.results: dict[str, StepResult] = {}
         self._figures: dict[str, dict[str, Any]] = {}
         self._started: dict[str, float] = {}
+        self._held: StepResult | None = None
+        self.checks: dict[str, str] = {}
+
+    def report(self, step: int, result: StepResult | None) -> None:
+        """Pass a result on, unless it is the held one: that goes out with ``pass_on_held``, as it is then."""
+        if result is None or result is not self._held:
+            self.on_step(step, result)
+
+    def pass_on_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.on_step(held.step, held)
 
     def emit(self, record: logging.LogRecord) -> None:
         event: DagsterEvent | None = getattr(record, "dagster_event", None)
+        if event is not None and event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.asset_check_evaluation_data
+            self.checks[evaluation.check_name] = PASSED if evaluation.passed else evaluation.severity.value
         if event is None or event.step_key not in self.assets:
             return
         asset, step = event.step_key, self.assets[event.step_key]
         if event.event_type == DagsterEventType.STEP_START:
+            self.pass_on_held()
             self._started[asset] = time.perf_counter()
             self.on_step(step, None)
         elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
@@ -155,7 +169,11 @@ class _StepEvents(logging.Handler):
             result = StepResult(step, asset, success, "" if success else _failure_message(event), self._figures.get(asset, {}))
             result.figures.setdefault("seconds", round(time.perf_counter() - self._started.get(asset, time.perf_counter()), 3))
             self.results[asset] = result
-            self.on_step(step, result)
+            if success and asset == CHECKED_ASSET:
+                result.checks = self.checks
+                self._held = result
+            else:
+                self.on_step(step, result)
 
     def logger_definition(self) -> LoggerDefinition:
         @logger(description="Step progress of a run, for the CLI.")
@@ -218,15 +236,12 @@ class PipelineRunner:
         finally:
             logging.getLogger(PROGRESS_LOGGER).handlers = []  # the next run brings its own handler
             release_memory()
-        checks = _checks(result)
         ran = [events.results[asset] for asset in assets if asset in events.results]
-        for step_result in ran:
-            if step_result.success and step_result.asset == CHECKED_ASSET:
-                step_result.checks = checks
-        blocked = any(outcome == AssetCheckSeverity.ERROR.value for outcome in checks.values())
+        blocked = any(outcome == AssetCheckSeverity.ERROR.value for outcome in events.checks.values())
         if not result.success and all(r.success for r in ran) and not blocked:
-            ran = self._blame(result, steps, ran, on_step)
+            ran = self._blame(result, steps, ran, events.report)
         # A failed ERROR check is blocking: the steps after it did not run, and the summary names it.
+        events.pass_on_held()
         return ran
 
     @staticmethod

@@ -93,3 +93,18 @@ def test_register_refuses_collisions(in_tmp: Path) -> None:
     assert result.exit_code == 1
     assert f"registered good <- {folder / 'good.h5ad'}" in result.output
     assert result.output.count("is shared by a b.h5ad, a_b.h5ad") == 2
+
+
+def test_step_line_names_the_failed_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    from scrna_assets.cli import EchoReporter
+    from scrna_assets.runner import StepResult
+
+    figures = {"split_by": "donor", "train_cells": 8, "test_cells": 2, "seconds": 0.5}
+    checks = {"chunk_files_readable": "PASSED", "no_donor_in_both_splits": "ERROR", "test_share_within_contract": "WARN"}
+    EchoReporter().step(4, StepResult(4, "train_test_splits", True, figures=figures, checks=checks))
+    assert capsys.readouterr().out.splitlines() == [
+        "  split_by=donor, train_cells=8, test_cells=2",
+        "  ✗ check no_donor_in_both_splits failed (ERROR)",
+        "  ✗ check test_share_within_contract failed (WARN)",
+        "✓ Step 4 complete",
+    ]

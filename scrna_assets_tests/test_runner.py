@@ -61,7 +61,10 @@ class Recorder:
     def file(self, index: int, total: int, dataset: str) -> None: ...
 
     def step(self, step: int, result) -> None:
-        self.lines.append(f"start {step}" if result is None else f"{'ok' if result.success else 'failed'} {step}")
+        line = f"start {step}" if result is None else f"{'ok' if result.success else 'failed'} {step}"
+        if result is not None and result.checks:  # as they stand when the step is reported
+            line += f" ({len(result.checks)} checks; failed: {', '.join(sorted(result.failed_checks)) or 'none'})"
+        self.lines.append(line)
 
     def note(self, line: str) -> None:
         self.lines.append(line)
@@ -81,7 +84,7 @@ def run_example(example_files, make_settings, instance, **settings: object):
 def test_steps_are_reported_as_they_run_in_one_run(example_files, make_settings, instance) -> None:
     results, lines, outcome = run_example(example_files, make_settings, instance)
     assert lines == [
-        "start 2", "ok 2", "start 3", "ok 3", "start 4", "ok 4",
+        "start 2", "ok 2", "start 3", "ok 3", "start 4", "ok 4 (5 checks; failed: none)",
         "Cleanup: interim chunks of example_cellxgene removed", "start 5", "ok 5",
     ]
     assert [(r.step, r.success) for r in results] == [(2, True), (3, True), (4, True), (5, True)]
@@ -106,7 +109,8 @@ def test_failed_error_check_blocks_the_upload(example_files, make_settings, inst
     monkeypatch.setattr(checks, "split_facts", leaking)
     results, lines, outcome = run_example(example_files, make_settings, instance, repo_id="lab/cells")
     assert [(r.step, r.success) for r in results] == [(2, True), (3, True), (4, True)]
-    assert lines[-2:] == ["ok 4", "Cleanup: interim chunks of example_cellxgene removed"] and "start 5" not in lines
+    assert lines[-2:] == ["ok 4 (5 checks; failed: no_donor_in_both_splits)", "Cleanup: interim chunks of example_cellxgene removed"]
+    assert "start 5" not in lines
     assert results[-1].checks["no_donor_in_both_splits"] == "ERROR"
     assert (outcome.status, outcome.message) == (
         "FAILED", "failed checks: no_donor_in_both_splits",
@@ -123,7 +127,7 @@ def test_crashed_check_fails_the_split_step(example_files, make_settings, instan
     monkeypatch.setattr(checks, "split_facts", crash)
     results, lines, outcome = run_example(example_files, make_settings, instance)
     assert [(r.step, r.success) for r in results] == [(2, True), (3, True), (4, False)]
-    assert "start 5" not in lines and lines[-2:] == ["failed 4", lines[-1]]
+    assert lines[:-1] == ["start 2", "ok 2", "start 3", "ok 3", "start 4", "failed 4 (1 checks; failed: none)"]
     assert lines[-1].startswith("Cleanup after failure:")
     assert results[-1].message.endswith("facts unavailable")
     assert outcome.status == "FAILED" and outcome.message.startswith("step 4 (train_test_splits): ")
