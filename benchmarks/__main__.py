@@ -3,6 +3,8 @@
 run      one file: the conversion alone and the whole ``preprocess run-all`` (each a child process,
          peak RSS from ``wait4`` and from sampling the process tree), the naive reference on the
          first ``--naive-cells`` cells, a sample check of the output; JSON + Markdown result.
+         The conversion runs with the default (random) tie-break and, alternating with it, with
+         the position tie-break: the difference is what the random tie-break costs.
 scaling  the same at several sizes (default 10,000 and 100,000 cells), with the ratios of time
          and peak RSS between them.
 profile  per-stage time of the previous and the current conversion, one thread, in sequence.
@@ -43,6 +45,8 @@ def _measured(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="conversion runs; the fastest is reported")
     parser.add_argument("--threads", type=int, default=None, help="ranking threads of the conversion (default: up to 2)")
     parser.add_argument("--skip-run-all", action="store_true", help="measure the conversion only")
+    parser.add_argument("--skip-tie-break-compare", action="store_true",
+                        help="do not also convert with the position tie-break (one conversion less per repeat)")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the parquet outputs under --work")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and Markdown results (default: %(default)s)")
 
@@ -53,7 +57,7 @@ def _settings(args: argparse.Namespace, cells: int) -> Settings:
         compression=args.compression, seed=args.seed, input=getattr(args, "input", None),
         naive_cells=args.naive_cells, check_cells=args.check_cells, repeat=args.repeat,
         run_all=not args.skip_run_all, naive=args.naive_cells > 0, threads=args.threads,
-        work=args.work, keep_outputs=args.keep_outputs,
+        work=args.work, keep_outputs=args.keep_outputs, tie_break_compare=not args.skip_tie_break_compare,
     )
 
 

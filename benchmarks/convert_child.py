@@ -30,14 +30,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--writer-threads", type=int, default=None)
     parser.add_argument("--dataset", default="benchmark")
+    parser.add_argument("--tie-break", default=None, help="random or position (default: convert_h5ad's)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the random tie-break (default: convert_h5ad's)")
     args = parser.parse_args()
 
     from scrna_assets.core.convert import WRITER_THREADS, convert_h5ad
 
     imported = time.perf_counter()
     rss_before = _rss_bytes()
+    ties = {k: v for k, v in (("tie_break", args.tie_break), ("seed", args.seed)) if v is not None}
     result = convert_h5ad(args.h5ad, args.dataset, args.out, {}, args.chunk_size, args.top_genes, args.compression, threads=args.threads,
-                          writer_threads=args.writer_threads or WRITER_THREADS)
+                          writer_threads=args.writer_threads or WRITER_THREADS, **ties)
     done = time.perf_counter()
     print(json.dumps({
         "cells": result.n_cells,

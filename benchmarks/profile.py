@@ -6,8 +6,9 @@ first ``chunks`` chunks of a file, so each stage's share of the work is plain to
 * ``before``: the previous implementation: ``iter_chunks`` (scipy CSR per chunk), one numpy
   ``lexsort`` of (row, -value, column) per chunk, ``take`` of the words, ``binary_join`` of a
   list array, a synchronous ``pq.write_table``;
-* ``after``: ``iter_csr_parts`` (reused buffers), the compiled radix ranking, the compiled byte
-  copy into one Arrow buffer, the same ``pq.write_table``.
+* ``after``: ``iter_csr_parts`` (reused buffers), the compiled radix ranking with the default
+  (random) tie-break (the cell keys counted in the ranking), the compiled byte copy into one
+  Arrow buffer, the same ``pq.write_table``.
 
 For the overlapped pipeline as it really runs, sample ``benchmarks.convert_child`` with py-spy.
 """
@@ -28,7 +29,7 @@ from scrna_assets.core.convert import output_column_names
 from scrna_assets.core.gene_tokens import assign_gene_tokens
 from scrna_assets.core.h5ad_reader import H5adSource
 from scrna_assets.core.parquet_io import write_chunk_file
-from scrna_assets.core.sentences import SentenceBuilder
+from scrna_assets.core.sentences import DEFAULT_SEED, DEFAULT_TIE_BREAK, SentenceBuilder, cell_tie_keys
 
 STAGES = ("read matrix", "rank (sort + top genes)", "sentence strings", "obs columns + table", "parquet write (encode + zstd)")
 
@@ -105,15 +106,19 @@ def profile_after(path: Path, chunk_size: int, top_genes: int, chunks: int, out:
         tokens = assign_gene_tokens(source.read_var(), {})
         vocabulary = pa.array(tokens.vocabulary, type=pa.string())
         names = output_column_names(source.obs.columns)
-        with SentenceBuilder(tokens.token_index, vocabulary, top_genes, threads=1) as builder:
+        with SentenceBuilder(tokens.token_index, vocabulary, top_genes, threads=1, tie_break=DEFAULT_TIE_BREAK) as builder:
             clock.reset()
             for number, part in enumerate(source.iter_csr_parts(chunk_size)):
                 if number >= chunks:
                     break
                 clock.lap("read matrix")
+                ids = source.obs.index(part.start, part.stop)
                 before = dict(builder.stage_seconds)
-                sentences, n_genes = builder.build(part.indptr, part.indices, part.data, overwrite_indices=True)
-                clock.seconds["rank (sort + top genes)"] += builder.stage_seconds["rank"] - before["rank"]
+                started = time.perf_counter()
+                keys = cell_tie_keys(ids, DEFAULT_SEED, "benchmark") if DEFAULT_TIE_BREAK == "random" else None
+                key_seconds = time.perf_counter() - started
+                sentences, n_genes = builder.build(part.indptr, part.indices, part.data, overwrite_indices=True, cell_keys=keys)
+                clock.seconds["rank (sort + top genes)"] += builder.stage_seconds["rank"] - before["rank"] + key_seconds
                 clock.seconds["sentence strings"] += builder.stage_seconds["strings"] - before["strings"]
                 clock.reset()
                 table = _table(source, names, part.start, part.stop, sentences, n_genes)

@@ -26,6 +26,10 @@ def _machine(info: dict) -> list[str]:
 def _rows(cells: int, result: dict) -> list[str]:
     c = result["conversion"]
     lines = [f"| conversion alone | {cells:,} | {c['convert_seconds']:.2f} s | {c['cells_per_second']:,} | {_mb(c['peak_rss_bytes'])} | {_mb(c['output_bytes'])} |"]
+    for key in sorted(k for k in result if k.startswith("conversion_")):
+        o = result[key]
+        lines.append(f"| conversion, tie-break {o['tie_break']} | {cells:,} | {o['convert_seconds']:.2f} s | {o['cells_per_second']:,} "
+                     f"| {_mb(o['peak_rss_bytes'])} | {_mb(o['output_bytes'])} |")
     if "run_all" in result:
         r = result["run_all"]
         lines.append(f"| whole `run-all` | {cells:,} | {r['wall_seconds']:.2f} s | {r['cells_per_second']:,} | {_mb(r['peak_rss_bytes'])} | {_mb(r['output_bytes'])} |")
@@ -47,9 +51,15 @@ def _details(cells: int, result: dict) -> list[str]:
     c = result["conversion"]
     runs = c.get("runs", [])
     repeat = f"best of {len(runs)} runs (median {c['median_cells_per_second']:,} cells/s); " if len(runs) > 1 else ""
-    lines.append(f"- {cells:,} cells: input {_mb(result['input']['bytes'])}; conversion: {repeat}CPU {c['cpu_seconds']:.1f} s for "
+    lines.append(f"- {cells:,} cells: input {_mb(result['input']['bytes'])}; conversion (tie-break {c.get('tie_break', 'random')}): "
+                 f"{repeat}CPU {c['cpu_seconds']:.1f} s for "
                  f"{c['convert_seconds']:.2f} s of conversion (+{c['import_seconds']:.1f} s of imports); RSS before converting "
                  f"{_mb(c['rss_before_convert_bytes'])}; other processes used {c['other_load_cpu_seconds']:.1f} CPU s meanwhile")
+    if "tie_break_cost" in result:
+        t = result["tie_break_cost"]
+        lines.append(f"  - random tie-break: {t['random_cells_per_second']:,} cells/s against {t['position_cells_per_second']:,} with "
+                     f"the position tie-break (best of {t['runs_each']} alternating runs each): costs {t['cost_percent']} % of "
+                     f"throughput (median runs {t['median_cost_percent']} %, CPU of the best runs {t['cpu_cost_percent_of_best_runs']} %)")
     if "run_all" in result:
         r = result["run_all"]
         steps = ", ".join(f"{k} {v['seconds']:.1f} s (peak {_mb(v['peak_tree_rss_bytes'])})" for k, v in r["steps"].items())
@@ -62,6 +72,7 @@ def _details(cells: int, result: dict) -> list[str]:
         n = result["naive"]
         lines.append(f"  - fast path {n['speedup_of_fast_path']}x the naive reference; naive sentences equal: {n['same_sentences_as_fast_path']}")
     checks = [f"conversion {result['check_conversion']}"]
+    checks += [f"conversion, tie-break {k.rsplit('_', 1)[1]} {result[k]}" for k in sorted(result) if k.startswith("check_conversion_")]
     if "check_run_all" in result:
         checks.append(f"run-all {result['check_run_all']}")
     lines.append("  - sample check against a per-cell computation: " + "; ".join(checks))

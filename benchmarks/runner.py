@@ -16,6 +16,7 @@ from pathlib import Path
 from benchmarks.check import check_output
 from benchmarks.machine import load_average, machine_info
 from benchmarks.measure import Measurement, run_measured
+from scrna_assets.core.sentences import DEFAULT_SEED, DEFAULT_TIE_BREAK
 from scrna_assets.partitions import dataset_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,8 @@ TARGET_RUN_ALL_OVER_CONVERSION = 1.5
 TARGET_SPEEDUP_OVER_NAIVE = 25
 TARGET_PEAK_RSS_BYTES = 1.5e9
 TARGET_RSS_GROWTH_10X = 1.2
+TARGET_RANDOM_TIE_BREAK_COST_PERCENT = 10  # of conversion cells/s, against the position tie-break
+CONVERSION_DATASET = "benchmark"  # the dataset name benchmarks.convert_child and benchmarks.naive convert under
 STEPS = ("parquet_chunks", "aged_chunks", "train_test_splits", "hf_upload")
 
 
@@ -49,6 +52,9 @@ class Settings:
     threads: int | None = None
     work: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "scrna-benchmark")
     keep_outputs: bool = False
+    tie_break_compare: bool = True
+    """Also convert with the position tie-break (each repeat: random, then position) to measure
+    what the random one costs."""
 
     def describe(self) -> dict:
         values = asdict(self)
@@ -98,35 +104,64 @@ def _figures(measurement: Measurement) -> dict:
     }
 
 
-def run_conversion(path: Path, settings: Settings, work: Path) -> dict:
-    """``convert_h5ad`` alone, in a child process; the best of ``repeat`` runs by time."""
-    runs = []
-    for _ in range(max(1, settings.repeat)):
-        out = work / "conversion" / "chunks"
-        shutil.rmtree(out.parent, ignore_errors=True)
-        command = [
-            sys.executable, "-m", "benchmarks.convert_child", str(path), str(out),
-            "--chunk-size", str(settings.chunk_size), "--top-genes", str(settings.top_genes),
-            "--compression", settings.compression,
-        ]
-        if settings.threads:
-            command += ["--threads", str(settings.threads)]
-        measurement = run_measured(command, cwd=REPO)
-        child = _child_json(measurement)
-        runs.append({
-            **_figures(measurement),
-            "convert_seconds": round(child["convert_seconds"], 3),
-            "cells_per_second": round(child["cells"] / child["convert_seconds"]),
-            "import_seconds": round(child["import_seconds"], 3),
-            "rss_before_convert_bytes": child["rss_before_convert_bytes"],
-            "output_bytes": folder_bytes(out),
-            "chunk_files": child["chunk_files"],
-            "cells": child["cells"],
-        })
+def conversion_folder(work: Path, tie_break: str) -> Path:
+    """Output of the conversion child: ``conversion/chunks`` for the default tie-break."""
+    return work / ("conversion" if tie_break == DEFAULT_TIE_BREAK else f"conversion-{tie_break}") / "chunks"
+
+
+def _convert_once(path: Path, settings: Settings, work: Path, tie_break: str) -> dict:
+    out = conversion_folder(work, tie_break)
+    shutil.rmtree(out.parent, ignore_errors=True)
+    command = [
+        sys.executable, "-m", "benchmarks.convert_child", str(path), str(out),
+        "--chunk-size", str(settings.chunk_size), "--top-genes", str(settings.top_genes),
+        "--compression", settings.compression, "--tie-break", tie_break, "--dataset", CONVERSION_DATASET,
+    ]
+    if settings.threads:
+        command += ["--threads", str(settings.threads)]
+    measurement = run_measured(command, cwd=REPO)
+    child = _child_json(measurement)
+    return {
+        **_figures(measurement),
+        "convert_seconds": round(child["convert_seconds"], 3),
+        "cells_per_second": round(child["cells"] / child["convert_seconds"]),
+        "import_seconds": round(child["import_seconds"], 3),
+        "rss_before_convert_bytes": child["rss_before_convert_bytes"],
+        "output_bytes": folder_bytes(out),
+        "chunk_files": child["chunk_files"],
+        "cells": child["cells"],
+    }
+
+
+def _best(runs: list[dict], tie_break: str) -> dict:
     best = min(runs, key=lambda r: r["convert_seconds"])
     ordered = sorted(r["cells_per_second"] for r in runs)
-    return {**best, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
+    return {**best, "tie_break": tie_break, "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs),
             "median_cells_per_second": ordered[len(ordered) // 2], "runs": runs}
+
+
+def run_conversions(path: Path, settings: Settings, work: Path, tie_breaks: tuple[str, ...]) -> dict[str, dict]:
+    """``convert_h5ad`` alone, in a child process, with each tie-break; the runs alternate (so a
+    change of load on the machine hits both alike) and the best of ``repeat`` is reported."""
+    runs: dict[str, list[dict]] = {t: [] for t in tie_breaks}
+    for _ in range(max(1, settings.repeat)):
+        for tie_break in tie_breaks:
+            runs[tie_break].append(_convert_once(path, settings, work, tie_break))
+    return {t: _best(r, t) for t, r in runs.items()}
+
+
+def run_conversion(path: Path, settings: Settings, work: Path, tie_break: str = DEFAULT_TIE_BREAK) -> dict:
+    """``convert_h5ad`` alone with one tie-break; the best of ``repeat`` runs by time."""
+    return run_conversions(path, settings, work, (tie_break,))[tie_break]
+
+
+def tie_break_cost(random: dict, position: dict) -> dict:
+    """What the random tie-break costs: cells/s of the best runs, and the median runs."""
+    best = round(100 * (1 - random["cells_per_second"] / position["cells_per_second"]), 1)
+    median = round(100 * (1 - random["median_cells_per_second"] / position["median_cells_per_second"]), 1)
+    cpu = round(100 * (random["cpu_seconds"] / position["cpu_seconds"] - 1), 1) if position["cpu_seconds"] else None
+    return {"random_cells_per_second": random["cells_per_second"], "position_cells_per_second": position["cells_per_second"],
+            "cost_percent": best, "median_cost_percent": median, "cpu_cost_percent_of_best_runs": cpu, "runs_each": len(random["runs"])}
 
 
 def _step_times(log_file: Path, launched: float) -> dict[str, dict]:
@@ -191,7 +226,8 @@ def run_naive(path: Path, settings: Settings, work: Path, n_cells: int) -> dict:
     command = [
         sys.executable, "-m", "benchmarks.naive", str(path), str(out), "--cells", str(n_cells),
         "--chunk-size", str(settings.chunk_size), "--top-genes", str(settings.top_genes),
-        "--compression", settings.compression,
+        "--compression", settings.compression, "--dataset", CONVERSION_DATASET,
+        "--tie-break", DEFAULT_TIE_BREAK, "--seed", str(DEFAULT_SEED),
     ]
     measurement = run_measured(command, cwd=REPO)
     child = _child_json(measurement)
@@ -227,22 +263,39 @@ def benchmark_file(settings: Settings, cells: int, log=print) -> dict:
     work = settings.work / "runs" / path.stem
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"input": {"path": str(path), "bytes": path.stat().st_size, "generation_seconds": generated}}
-    log(f"[{path.name}] conversion alone ...")
-    conversion = run_conversion(path, settings, work)
+    other = "position" if DEFAULT_TIE_BREAK == "random" else "random"
+    tie_breaks = (DEFAULT_TIE_BREAK, other) if settings.tie_break_compare else (DEFAULT_TIE_BREAK,)
+    log(f"[{path.name}] conversion alone ({' and '.join(f'tie-break {t}' for t in tie_breaks)}) ...")
+    conversions = run_conversions(path, settings, work, tie_breaks)
+    conversion = conversions[DEFAULT_TIE_BREAK]
     result["input"]["cells"] = conversion["cells"]
     result["conversion"] = conversion
     log(f"  {conversion['cells_per_second']:,} cells/s, {conversion['convert_seconds']:.2f} s, peak RSS {conversion['peak_rss_bytes'] / MB:.0f} MB")
     result["check_conversion"] = check_output(
-        path, sorted((work / "conversion" / "chunks").glob("chunk_*.parquet")), settings.top_genes, settings.check_cells, settings.seed
+        path, sorted(conversion_folder(work, DEFAULT_TIE_BREAK).glob("chunk_*.parquet")), settings.top_genes, settings.check_cells,
+        settings.seed, tie_break=DEFAULT_TIE_BREAK, tie_seed=DEFAULT_SEED, dataset=CONVERSION_DATASET,
     )
     log(f"  sample check: {result['check_conversion']}")
+    if settings.tie_break_compare:
+        compared = conversions[other]
+        result[f"conversion_{other}"] = compared
+        result[f"check_conversion_{other}"] = check_output(
+            path, sorted(conversion_folder(work, other).glob("chunk_*.parquet")), settings.top_genes, settings.check_cells,
+            settings.seed, tie_break=other, tie_seed=DEFAULT_SEED, dataset=CONVERSION_DATASET,
+        )
+        random, position = (conversion, compared) if other == "position" else (compared, conversion)
+        result["tie_break_cost"] = tie_break_cost(random, position)
+        log(f"  tie-break {other}: {compared['cells_per_second']:,} cells/s; the random tie-break costs "
+            f"{result['tie_break_cost']['cost_percent']} % (median runs {result['tie_break_cost']['median_cost_percent']} %); "
+            f"sample check: {result[f'check_conversion_{other}']}")
     if settings.run_all:
         log(f"[{path.name}] preprocess run-all ...")
         run_all = run_run_all(path, settings, work)
         run_all["cells_per_second"] = round(conversion["cells"] / run_all["wall_seconds"])
         run_all["over_conversion"] = round(run_all["wall_seconds"] / conversion["convert_seconds"], 2)
         files = [Path(p) for p in run_all.pop("output_files")]
-        result["check_run_all"] = check_output(path, files, settings.top_genes, settings.check_cells, settings.seed, require_all=False)
+        result["check_run_all"] = check_output(path, files, settings.top_genes, settings.check_cells, settings.seed, require_all=False,
+                                               tie_break=DEFAULT_TIE_BREAK, tie_seed=DEFAULT_SEED, dataset=dataset_name(path))
         result["run_all"] = run_all
         log(f"  {run_all['wall_seconds']:.1f} s ({run_all['over_conversion']}x the conversion), peak RSS {run_all['peak_rss_bytes'] / MB:.0f} MB")
         if run_all["exit_code"]:
@@ -253,7 +306,7 @@ def benchmark_file(settings: Settings, cells: int, log=print) -> dict:
         n = min(settings.naive_cells, conversion["cells"])
         log(f"[{path.name}] naive reference on {n:,} cells ...")
         naive = run_naive(path, settings, work, n)
-        naive["same_sentences_as_fast_path"] = _same_sentences(work / "conversion" / "chunks", Path(naive.pop("output_dir")))
+        naive["same_sentences_as_fast_path"] = _same_sentences(conversion_folder(work, DEFAULT_TIE_BREAK), Path(naive.pop("output_dir")))
         naive["speedup_of_fast_path"] = round(conversion["cells_per_second"] / naive["cells_per_second"], 1)
         result["naive"] = naive
         log(f"  {naive['cells_per_second']:,} cells/s: the fast path is {naive['speedup_of_fast_path']}x faster; same sentences: {naive['same_sentences_as_fast_path']}")
@@ -270,12 +323,15 @@ def judge(result: dict) -> dict:
         "conversion_peak_rss_bytes": _target(conversion["peak_rss_bytes"], "<=", TARGET_PEAK_RSS_BYTES),
     }
     checks = [result["check_conversion"]["ok"], result.get("check_run_all", {"ok": True})["ok"]]
+    checks += [result[k]["ok"] for k in result if k.startswith("check_conversion_")]
     if None not in checks:  # None: not checked (not a CSR input)
         targets["output_matches_contract"] = _target(all(checks), "==", True)
     if "run_all" in result:
         targets["run_all_succeeded"] = _target(result["run_all"]["exit_code"], "==", 0)
         targets["run_all_over_conversion"] = _target(result["run_all"]["over_conversion"], "<=", TARGET_RUN_ALL_OVER_CONVERSION)
         targets["run_all_peak_rss_bytes"] = _target(result["run_all"]["peak_rss_bytes"], "<=", TARGET_PEAK_RSS_BYTES)
+    if "tie_break_cost" in result:
+        targets["random_tie_break_cost_percent"] = _target(result["tie_break_cost"]["cost_percent"], "<=", TARGET_RANDOM_TIE_BREAK_COST_PERCENT)
     if "naive" in result:
         targets["speedup_over_naive"] = _target(result["naive"]["speedup_of_fast_path"], ">=", TARGET_SPEEDUP_OVER_NAIVE)
         targets["naive_sentences_equal"] = _target(result["naive"]["same_sentences_as_fast_path"], "==", True)

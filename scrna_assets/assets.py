@@ -21,7 +21,8 @@ from scrna_assets.core.convert import convert_h5ad
 from scrna_assets.core.errors import InputError
 from scrna_assets.core.hgnc import resolve_hgnc_mapping
 from scrna_assets.core.hf_upload import HubUploadError, upload_dataset
-from scrna_assets.core.split import split_chunks
+from scrna_assets.core.dataset_card import published_splits, write_dataset_card
+from scrna_assets.core.split import NOTHING_TO_TRAIN_ON, split_chunks
 from scrna_assets.inputs import find_dataset_file
 from scrna_assets.io_manager import StagedFolder
 from scrna_assets.layout import DatasetBusyError, DatasetLayout
@@ -70,6 +71,14 @@ def _dataset_step(settings: PipelineSettings, dataset: str, step: str) -> Iterat
         raise Failure(description=str(error)) from error
     except OSError as error:  # a write error (disk full, permissions): that dataset fails, clearly
         raise Failure(description=f"{dataset}: {step}: {error}", allow_retries=False) from error
+
+
+def _note(context: AssetExecutionContext, step: StepLog, message: str) -> None:
+    """Something the user must know about the data: to the dataset log, the Dagster run log, and
+    (as the step's ``note`` figure) the CLI and the batch summary."""
+    step.note(message)
+    step.figures["note"] = "; ".join(filter(None, (step.figures.get("note"), message)))
+    context.log.warning(f"{context.partition_key}: {message}")
 
 
 @contextmanager
@@ -122,17 +131,26 @@ def parquet_chunks(
                 settings.top_genes,
                 settings.compression,
                 settings.matrix,
+                seed=settings.seed,
+                tie_break=settings.tie_break,
             )
             if _fingerprint(source) != before:
                 raise InputError(source, "changed while being read (size or mtime differ); nothing was published")
+            matrix_facts = {
+                "matrix_used": result.matrix, "matrix_encoding": result.matrix_encoding,
+                "matrix_dtype": result.value_dtype, "matrix_integer_values": result.integer_values,
+            }
             write_provenance(staging, {
                 "input": before,
+                "source": result.source_facts,
                 "parameters": conversion_parameters(settings, mapping_digest(hgnc_mapper)),
-                "figures": {"cells": result.n_cells, "genes": result.n_vars, **result.gene_counts},
+                "figures": {"cells": result.n_cells, "genes": result.n_vars, **matrix_facts, **result.gene_counts},
             })
+        if not result.integer_values:
+            _note(context, step, f"matrix {result.matrix} holds non-integer values: sentences rank them as they are "
+                                 "(per-cell scaling keeps each cell's ranking; per-gene scaling would not)")
         step.figures.update(
-            source=str(source), cells=result.n_cells, genes=result.n_vars, matrix=result.matrix,
-            matrix_encoding=result.matrix_encoding, chunks=len(result.chunk_files),
+            source=str(source), cells=result.n_cells, genes=result.n_vars, **matrix_facts, chunks=len(result.chunk_files),
             empty_sentences=result.empty_sentences, seconds=round(time.perf_counter() - started, 3),
             **result.gene_counts,
         )
@@ -149,12 +167,16 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
         with _locked_staging(layout, "aged_chunks", dataset) as (staging, lock):
             result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression)
             record = read_provenance(parquet_chunks) or {}
-            record.setdefault("figures", {}).update(cells_with_age=result.with_age, cells_without_age=result.without_age)
+            record.setdefault("figures", {}).update(
+                cells_with_age=result.with_age, cells_without_age=result.without_age, age_label_kinds=result.label_kinds,
+            )
             write_provenance(staging, record)
+        for note in result.notes:
+            _note(context, step, note)
         step.figures.update(
             cells=result.n_cells, cells_with_age=result.with_age, cells_without_age=result.without_age,
-            age_source=result.age_source, distinct_ages=len(result.age_counts),
-            seconds=round(time.perf_counter() - started, 3),
+            cells_with_bounds_only=result.with_bounds, age_source=result.age_source, distinct_ages=len(result.age_counts),
+            age_label_kinds=result.label_kinds, seconds=round(time.perf_counter() - started, 3),
         )
         if result.unparsed_labels:
             step.figures["stages_without_age"] = result.unparsed_labels
@@ -182,19 +204,25 @@ def train_test_splits(
             result = split_chunks(
                 parquet_chunks / "chunks", aged_chunks / "chunks", train_folder, test_folder, settings.test_size, settings.seed,
                 settings.split_by, settings.compression, settings.chunk_size,
+                include_age_ranges=settings.include_age_ranges, primary_only=settings.primary_only,
             )
+            split_figures = {
+                "split_by": result.mode, "split_note": result.mode_note,
+                "train_cells": result.train_cells, "test_cells": result.test_cells,
+                "train_donors": result.train_donors, "test_donors": result.test_donors, "donors_in_both": result.donors_in_both,
+                "primary_cells": result.primary_cells, "non_primary_cells": result.non_primary_cells,
+                "non_primary_dropped": result.non_primary_dropped,
+            }
             record.setdefault("parameters", {}).update(split_parameters(settings))
-            record.setdefault("figures", {}).update(
-                split_by=result.mode, train_cells=result.train_cells, test_cells=result.test_cells,
-                train_donors=result.train_donors, test_donors=result.test_donors,
-            )
+            record.setdefault("figures", {}).update(split_figures)
             write_provenance(staging, record)
+            write_dataset_card(staging, record)
+        for note in result.notes:
+            _note(context, step, note)
         step.figures.update(
-            split_by=result.mode,
-            train_cells=result.train_cells, test_cells=result.test_cells,
+            **split_figures,
             test_share=round(result.test_share, 6), cells_without_age_left_out=result.without_age,
-            train_donors=result.train_donors, test_donors=result.test_donors,
-            seconds=round(time.perf_counter() - started, 3),
+            cells_kept_by_age_bounds=result.kept_by_bounds, seconds=round(time.perf_counter() - started, 3),
         )
     return Output(StagedFolder(staging, lock.close), metadata=dict(step.figures))
 
@@ -203,8 +231,11 @@ def train_test_splits(
 def hf_upload(context: AssetExecutionContext, settings: PipelineSettings, train_test_splits: Path) -> Output[dict]:
     dataset = context.partition_key
     with _dataset_step(settings, dataset, "hf_upload") as step:
+        splits = published_splits(train_test_splits)
         if not settings.repo_id:
             record = {"status": "skipped", "reason": "no repository configured (--repo-id or SCRNA_REPO_ID)"}
+        elif not splits:  # no empty repository on the Hub
+            record = {"status": "skipped", "reason": NOTHING_TO_TRAIN_ON}
         else:
             repo_id = f"{settings.repo_id}-{dataset}" if settings.repo_per_dataset else settings.repo_id
             details = read_provenance(train_test_splits) or {}

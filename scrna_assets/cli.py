@@ -32,8 +32,8 @@ app = typer.Typer(
 STEP_FIGURES = {
     1: ("rows", "source"),
     2: ("cells", "chunks", "genes_mapped_hgnc", "genes_fallback", "genes_dropped", "empty_sentences"),
-    3: ("cells_with_age", "cells_without_age", "distinct_ages"),
-    4: ("split_by", "train_cells", "test_cells", "test_share", "train_donors", "test_donors"),
+    3: ("cells_with_age", "cells_without_age", "cells_with_bounds_only", "distinct_ages"),
+    4: ("split_by", "train_cells", "test_cells", "test_share", "train_donors", "test_donors", "donors_in_both"),
     5: ("status", "reason", "repo_id"),
 }
 
@@ -52,6 +52,10 @@ class Options:
     test_size: float
     seed: int
     split_by: str
+    tie_break: str
+    include_age_ranges: bool
+    primary_only: bool
+    license: str
     matrix: str
     hgnc_file: Optional[Path]
     offline: bool
@@ -76,6 +80,10 @@ class Options:
             test_size=self.test_size,
             seed=self.seed,
             split_by=self.split_by,
+            tie_break=self.tie_break,
+            include_age_ranges=self.include_age_ranges,
+            primary_only=self.primary_only,
+            license=self.license,
             matrix=self.matrix,
             hgnc_file=str(self.hgnc_file.resolve()) if self.hgnc_file else None,
             offline=self.offline,
@@ -96,8 +104,12 @@ _OPTION_PARAMETERS = [
     ("top_genes", Annotated[int, typer.Option(help="Genes per cell sentence; 0 = all expressed genes.")], 2000),
     ("compression", Annotated[str, typer.Option(help="Parquet codec: zstd, snappy, gzip, brotli, lz4, none.")], "zstd"),
     ("test_size", Annotated[float, typer.Option(help="Share of aged cells for the test split, in (0, 1).")], 0.05),
-    ("seed", Annotated[int, typer.Option(help="Seed of the train/test split.")], 42),
-    ("split_by", Annotated[str, typer.Option(help="auto, donor or cell.")], "auto"),
+    ("seed", Annotated[int, typer.Option(help="Seed of the train/test split and of the random tie-break.")], 42),
+    ("split_by", Annotated[str, typer.Option(help="auto (donor when there is a donor_id column, else cell), donor or cell.")], "auto"),
+    ("tie_break", Annotated[str, typer.Option(help="Order of genes with equal values: random (seeded, per cell) or position (var order).")], "random"),
+    ("include_age_ranges", Annotated[bool, typer.Option(help="Also keep cells whose stage gives age bounds only (ranges, 'and over').")], False),
+    ("primary_only", Annotated[bool, typer.Option(help="Drop cells with is_primary_data = False before the split.")], False),
+    ("license", Annotated[str, typer.Option(help="Dataset card license when the source does not fix it (CELLxGENE files: cc-by-4.0).")], "other"),
     ("matrix", Annotated[str, typer.Option(help="auto (raw.X, then layers['counts'], then X), raw.X, counts or X.")], "auto"),
     ("hgnc_file", Annotated[Optional[Path], typer.Option(envvar="SCRNA_HGNC_FILE", help="Local HGNC complete set (TSV or parquet).")], None),
     ("offline", Annotated[bool, typer.Option(help="Never download the HGNC table.")], False),
@@ -144,6 +156,8 @@ class EchoReporter:
         elif result.success:
             shown = ", ".join(f"{k}={result.figures[k]}" for k in STEP_FIGURES[step] if k in result.figures)
             typer.echo(f"  {shown}")
+            if result.figures.get("note"):
+                typer.echo(f"  ! {result.figures['note']}")
             for name, severity in result.failed_checks.items():
                 typer.echo(f"  ✗ check {name} failed ({severity})")
             typer.echo(f"✓ Step {step} complete")

@@ -45,6 +45,10 @@ class StepLog:
         self.step = step
         self.figures: dict[str, Any] = {}
 
+    def note(self, message: str) -> None:
+        """Something the user must know about the data (a warning, not a failure)."""
+        self.log.event(self.step, "note", level="WARNING", message=message)
+
     def __enter__(self) -> StepLog:
         self.log.event(self.step, "start")
         return self

@@ -48,14 +48,17 @@ def conversion_parameters(settings: PipelineSettings, hgnc_digest: str) -> dict[
         "top_genes": settings.top_genes,
         "compression": settings.compression,
         "matrix": settings.matrix,
+        "tie_break": settings.tie_break,
+        **({"seed": settings.seed} if settings.tie_break == "random" else {}),
         "hgnc_sha256": hgnc_digest,
     }
 
 
 def split_parameters(settings: PipelineSettings) -> dict[str, Any]:
+    kept = {"include_age_ranges": settings.include_age_ranges, "primary_only": settings.primary_only, "license": settings.license}
     if settings.skip_train_test_split:
-        return {"skip_train_test_split": True}
-    return {"test_size": settings.test_size, "seed": settings.seed, "split_by": settings.split_by}
+        return {"skip_train_test_split": True, **kept}
+    return {"test_size": settings.test_size, "seed": settings.seed, "split_by": settings.split_by, **kept}
 
 
 def read_provenance(folder: Path) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from dagster import ConfigurableResource
 
 from scrna_assets.core.h5ad_reader import MATRIX_CHOICES
 from scrna_assets.core.parquet_io import PARQUET_CODECS
+from scrna_assets.core.sentences import TIE_BREAKS
 from scrna_assets.core.split import SPLIT_MODES
 
 ENV_PREFIX = "SCRNA_"
@@ -28,6 +29,11 @@ class PipelineSettings(ConfigurableResource):
     test_size: float = 0.05
     seed: int = 42
     split_by: str = "auto"
+    tie_break: str = "random"
+    include_age_ranges: bool = False
+    primary_only: bool = False
+    license: str = "other"
+    """The dataset card's license when the source does not fix it (CELLxGENE files are CC BY 4.0)."""
     matrix: str = "auto"
     hgnc_file: Optional[str] = None
     offline: bool = False
@@ -51,6 +57,10 @@ class PipelineSettings(ConfigurableResource):
             found.append(f"--compression must be one of {', '.join(PARQUET_CODECS)} (got {self.compression!r})")
         if self.split_by not in SPLIT_MODES:
             found.append(f"--split-by must be one of {', '.join(SPLIT_MODES)} (got {self.split_by!r})")
+        if self.tie_break not in TIE_BREAKS:
+            found.append(f"--tie-break must be one of {', '.join(TIE_BREAKS)} (got {self.tie_break!r})")
+        if not self.license.strip():
+            found.append("--license must not be empty")
         if self.matrix not in MATRIX_CHOICES:
             found.append(f"--matrix must be one of {', '.join(MATRIX_CHOICES)} (got {self.matrix!r})")
         if self.hgnc_file and not Path(self.hgnc_file).is_file():
@@ -82,6 +92,10 @@ class PipelineSettings(ConfigurableResource):
             test_size=float(env.get(f"{ENV_PREFIX}TEST_SIZE", 0.05)),
             seed=int(env.get(f"{ENV_PREFIX}SEED", 42)),
             split_by=env.get(f"{ENV_PREFIX}SPLIT_BY", "auto"),
+            tie_break=env.get(f"{ENV_PREFIX}TIE_BREAK", "random"),
+            include_age_ranges=flag("INCLUDE_AGE_RANGES"),
+            primary_only=flag("PRIMARY_ONLY"),
+            license=env.get(f"{ENV_PREFIX}LICENSE", "other"),
             matrix=env.get(f"{ENV_PREFIX}MATRIX", "auto"),
             hgnc_file=env.get(f"{ENV_PREFIX}HGNC_FILE") or None,
             offline=flag("OFFLINE"),

@@ -358,8 +358,10 @@ def _outcome(dataset: str, path: Path, results: list[StepResult], seconds: float
     if failed:
         message = f"step {failed.step} ({failed.asset}): {failed.message}"
     else:
+        notes = [str(r.figures["note"]) for r in results if r.figures.get("note")]
         message = "; ".join(
             part for part in (
+                *notes,
                 f"failed checks: {', '.join(errors)}" if errors else "",
                 f"check warnings: {', '.join(warnings)}" if warnings else "",
             ) if part

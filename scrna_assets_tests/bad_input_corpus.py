@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scrna_assets_tests.core import h5ad_vintages
+
 N_CELLS, N_GENES = 6, 5
 COUNTS = np.array(
     [[3, 0, 1, 0, 2], [0, 5, 0, 1, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [4, 0, 0, 2, 0], [0, 2, 3, 0, 7]],
@@ -161,6 +163,62 @@ def _mismatch(path: Path) -> None:
         del f["obs"]["_index"]
         f["obs"].create_dataset("_index", data=values, dtype=h5py.string_dtype())
         f["obs"]["_index"].attrs.update({"encoding-type": "string-array", "encoding-version": "0.2.0"})
+
+
+def _edited(edit: Callable[[h5py.File], None]) -> Callable[[Path], None]:
+    """A good file, then one element changed with h5py (anndata cannot read the result either)."""
+
+    def build(path: Path) -> None:
+        _good(path)
+        with h5py.File(path, "r+") as f:
+            edit(f)
+
+    return build
+
+
+def _set_code(f: h5py.File) -> None:
+    f["obs/donor_id/codes"][4] = 7
+
+
+def _missing_column(f: h5py.File) -> None:
+    f["obs"].attrs["column-order"] = np.array([*f["obs"].attrs["column-order"], "x"], dtype=object)
+
+
+def _obs_encoding(f: h5py.File) -> None:
+    f["obs"].attrs["encoding-type"] = "foo"
+
+
+def _obs_2d(f: h5py.File) -> None:
+    h5ad_vintages.add_obs_column(f, "col", np.zeros((N_CELLS, 2)))
+
+
+def _set(key: str, position: int, value: int) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        f[key][position] = value
+
+    return edit
+
+
+CASES += [
+    Case("anndata < 0.7 layout (compound obs/var, h5sparse X, top-level raw.X)", "anndata06.h5ad",
+         lambda p: h5ad_vintages.write_anndata06(p, COUNTS, obs=_obs(), var=_var(), raw_x=COUNTS * 2), cells=6, with_age=6),
+    Case("anndata 0.7 layout (dataframe 0.1.0, __categories)", "anndata07.h5ad",
+         lambda p: h5ad_vintages.write_anndata07(p, COUNTS, obs=_obs(), var=_var()), cells=6, with_age=6),
+    Case("sparse X marked h5sparse_format instead of encoding-type", "h5sparse_x.h5ad",
+         lambda p: (_good(p), h5ad_vintages.rewrite_h5sparse(p)), cells=6, with_age=6),
+    Case("numeric development_stage (no age; the log says why)", "numeric_stage.h5ad",
+         lambda p: _write(p, sp.csr_matrix(COUNTS), obs=_obs(stages=False, development_stage=np.arange(N_CELLS) + 30)), cells=6),
+    Case("categorical code out of range", "bad_code.h5ad", _edited(_set_code), refused="obs/donor_id: categorical code 7 out of range (3 categories)"),
+    Case("column-order names a missing column", "missing_column.h5ad", _edited(_missing_column), refused="obs: column-order names missing column 'x'"),
+    Case("obs with an unknown encoding", "obs_encoding.h5ad", _edited(_obs_encoding), refused="obs: unknown encoding 'foo'"),
+    Case("2-D obs column", "obs_2d.h5ad", _edited(_obs_2d), refused="obs/col: 2-D column (shape (6, 2))"),
+    Case("CSR index just past n_vars", "index_past_end.h5ad", _edited(_set("X/indices", 6, N_GENES)), refused="matrix X: row 2: index 5 out of range [0, 5)"),
+    Case("CSR index far out of range (once a segmentation fault)", "index_far_out.h5ad", _edited(_set("X/indices", 6, 10**9)),
+         refused="matrix X: row 2: index 1000000000 out of range [0, 5)"),
+    Case("CSR index -1", "index_negative.h5ad", _edited(_set("X/indices", 3, -1)), refused="matrix X: row 1: index -1 out of range [0, 5)"),
+    Case("CSR indptr decreasing", "indptr_decreasing.h5ad", _edited(_set("X/indptr", 2, 2)), refused="matrix X: row 1: indptr decreases (3 -> 2)"),
+    Case("gene listed twice in one row (valid CSR: summed, listed once)", "repeated_gene.h5ad", _edited(_set("X/indices", 12, 2)), cells=6, with_age=6),
+]
 
 
 def render_table() -> str:

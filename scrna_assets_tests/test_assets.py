@@ -18,7 +18,7 @@ from scrna_assets.runner import PipelineRunner, StepResult
 EXAMPLE = "example_cellxgene"
 OUTPUT_COLUMNS = [
     "cell_id", "dataset", "donor_id", "development_stage_ontology_term_id", "development_stage",
-    "tissue", "sex", "total_counts", "is_primary_data", "cell_sentence", "n_genes", "age",
+    "tissue", "sex", "total_counts", "is_primary_data", "organism", "cell_sentence", "n_genes", "age", "age_min", "age_max",
 ]
 
 
@@ -40,6 +40,18 @@ def run(settings: PipelineSettings, instance, dataset: str, path: Path) -> list[
     runner = PipelineRunner(settings, instance)
     results = [runner.run_step(1)]
     return results + runner.run_dataset(dataset, path, Silent())
+
+
+def blake2b_64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def splitmix64(x: int) -> int:
+    mask = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -98,7 +110,10 @@ def test_sentences_in_output_match_a_per_cell_computation(example_files, make_se
     position = {cell: i for i, cell in enumerate(adata.obs_names)}
     for row in cells.sample(40, seed=1).iter_rows(named=True):
         values = adata.X[position[row["cell_id"]]].toarray().ravel()
-        genes = [j for j in np.lexsort((np.arange(len(values)), -values)) if values[j] > 0 and tokens[j]]
+        # ties by the README's tie key: splitmix64(blake2b-64(seed, dataset, cell id) XOR blake2b-64(symbol))
+        cell_key = blake2b_64(f"42\x1f{EXAMPLE}\x1f{row['cell_id']}")
+        ties = [splitmix64(cell_key ^ blake2b_64(t)) if t else 0 for t in tokens]
+        genes = [j for j in sorted(range(len(values)), key=lambda j: (-values[j], ties[j])) if values[j] > 0 and tokens[j]]
         expected = [tokens[j] for j in genes][:25]
         assert row["cell_sentence"] == " ".join(expected)
         assert row["n_genes"] == len(expected)
@@ -180,28 +195,30 @@ def test_split_refuses_ages_of_an_earlier_conversion(example_files, make_setting
 
 
 @pytest.mark.parametrize(
-    ("fixture", "cells", "matrix", "with_age", "split_by"),
+    ("fixture", "cells", "matrix", "with_age", "split_by", "organism"),
     [
-        ("cxg_schema7.1_small_perturbations_marson_cd4_perturbseq.h5ad", 500, "X", 500, "cell"),
-        ("cxg_schema7_example_valid_unlabeled_heart320.h5ad", 320, "raw.X", 0, "cell"),
-        ("cxg_schema7_example_valid_unlabeled_tiny2x7.h5ad", 2, "raw.X", 0, "cell"),
-        ("tiledbsoma_10x_multiome_subset_100x100_counts.h5ad", 100, "X", 0, "cell"),
-        ("tiledbsoma_pbmc_small_dense_with_raw.h5ad", 80, "raw.X", 0, "cell"),
+        ("cxg_schema7.1_small_perturbations_marson_cd4_perturbseq.h5ad", 500, "X", 500, "donor", "Homo sapiens"),
+        ("cxg_schema7_example_valid_unlabeled_heart320.h5ad", 320, "raw.X", 0, "donor", "Homo sapiens"),
+        ("cxg_schema7_example_valid_unlabeled_tiny2x7.h5ad", 2, "raw.X", 0, "donor", "Homo sapiens"),
+        ("tiledbsoma_10x_multiome_subset_100x100_counts.h5ad", 100, "X", 0, "cell", None),
+        ("tiledbsoma_pbmc_small_dense_with_raw.h5ad", 80, "raw.X", 0, "cell", None),
     ],
 )
-def test_shared_fixtures_end_to_end(shared_data: Path, make_settings, instance, fixture, cells, matrix, with_age, split_by) -> None:
-    settings = make_settings(hgnc_file=str(shared_data / "hgnc" / "hgnc_complete_set.parquet"), chunk_size=64)
+def test_shared_fixtures_end_to_end(shared_data: Path, make_settings, instance, fixture, cells, matrix, with_age, split_by, organism) -> None:
+    """Real files: the default split is by donor wherever a donor column exists (the 7.1 file's one
+    donor: every cell in train, no blocking check fails), and every cell gets its organism."""
+    settings = make_settings(hgnc_file=str(shared_data / "hgnc" / "hgnc_complete_set.parquet"), chunk_size=64, keep_interim=True)
     name = Path(fixture).stem
     results = run(settings, instance, name, shared_data / "h5ad" / fixture)
     assert all(r.success for r in results), [r.message for r in results]
     figures = {r.asset: r.figures for r in results}
-    assert (figures["parquet_chunks"]["cells"], figures["parquet_chunks"]["matrix"]) == (cells, matrix)
+    assert (figures["parquet_chunks"]["cells"], figures["parquet_chunks"]["matrix_used"]) == (cells, matrix)
     assert figures["aged_chunks"]["cells_with_age"] == with_age
     split = figures["train_test_splits"]
     assert split["split_by"] == split_by
-    assert split["train_cells"] + split["test_cells"] == with_age
-    if with_age:
-        assert split["test_cells"] == 25  # one age, 500 cells: floor(500 * 0.05 + 0.5)
+    assert (split["train_cells"], split["test_cells"], split["donors_in_both"]) == (with_age, 0, 0)
+    assert "ERROR" not in results[3].checks.values()
+    assert set(pl.read_parquet(Path(settings.interim_dir) / "parquet_chunks" / name / "chunks")["organism"]) == {organism}
 
 
 @pytest.mark.parametrize("fixture", ["tiledbsoma_pbmc_small_x_csc.h5ad", "tiledbsoma_pbmc_small_categorical_all_nan.h5ad"])
@@ -254,3 +271,26 @@ def test_materialization_metadata(example_files, make_settings, instance) -> Non
     split = metadata("train_test_splits")
     assert (split["rows"], split["train_cells"], split["test_cells"], split["test_share"]) == (2744, 2599, 145, 0.052843)
     assert (split["train_donors"], split["test_donors"]) == (34, 2)
+
+
+def test_no_cell_with_an_age_succeeds_says_so_and_uploads_nothing(tmp_path: Path, make_settings, instance) -> None:
+    """Every stage is `unknown`: the dataset succeeds with "no cell has an age: nothing to train on",
+    its checks only warn, and hf_upload skips it even with a repository configured (no empty repo)."""
+    from scrna_assets.runner import _outcome
+
+    counts = sp.csr_matrix(np.array([[1, 2, 0], [0, 3, 3]], dtype=np.float32))
+    obs = pd.DataFrame({"donor_id": pd.Categorical(["a", "b"]), "development_stage": pd.Categorical(["unknown", "unknown"])}, index=["c0", "c1"])
+    var = pd.DataFrame({"feature_name": ["G0", "G1", "G2"]}, index=["ENSG00000000000", "ENSG00000000001", "ENSG00000000002"])
+    path = tmp_path / "ageless.h5ad"
+    anndata.AnnData(X=counts, obs=obs, var=var).write_h5ad(path)
+    results = run(make_settings(repo_id="someone/ageless"), instance, "ageless", path)
+    assert [r.success for r in results] == [True] * 5
+    assert results[3].checks == {
+        "chunk_files_readable": "PASSED", "empty_sentence_share": "PASSED", "no_donor_in_both_splits": "PASSED",
+        "share_of_cells_with_age": "WARN", "test_share_within_contract": "WARN",
+    }
+    assert (results[4].figures["status"], results[4].figures["reason"]) == ("skipped", "no cell has an age: nothing to train on")
+    outcome = _outcome("ageless", path, results, 1.0)
+    assert (outcome.status, outcome.message) == (
+        "SUCCESS", "no cell has an age: nothing to train on; check warnings: share_of_cells_with_age, test_share_within_contract",
+    )

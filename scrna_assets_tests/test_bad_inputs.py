@@ -96,3 +96,16 @@ def test_nothing_partial_is_left_and_inputs_are_untouched(batch) -> None:
 
 def test_the_docs_table_is_generated_from_the_corpus() -> None:
     assert (Path(__file__).parents[1] / "docs" / "bad_inputs.md").read_text() == render_table()
+
+
+def test_a_gene_listed_twice_is_one_gene_with_the_summed_value(batch) -> None:
+    """Row 5 stores GENE2 twice (2 and 3) and GENE4 (7): as scipy/anndata sum them, GENE2 is 5."""
+    import pyarrow.parquet as pq
+
+    root, _, _, rows, _ = batch
+    assert rows["repeated_gene.h5ad"]["status"] == "SUCCESS"
+    cells = {}
+    for path in sorted((root / "data/output/repeated_gene").glob("*/chunks/*.parquet")):
+        table = pq.read_table(path, columns=["cell_id", "cell_sentence"])
+        cells.update(zip(table.column("cell_id").to_pylist(), table.column("cell_sentence").to_pylist()))
+    assert cells["cell5"] == "GENE4 GENE2"

@@ -23,8 +23,8 @@ def only(folder: Path, pattern: str) -> Path:
 
 
 def test_run_measures_conversion_run_all_and_naive(tmp_path: Path) -> None:
-    """One tiny file end to end: conversion and run-all children, naive reference, sample checks,
-    JSON and Markdown results."""
+    """One tiny file end to end: conversion (random tie-break, and position to compare) and
+    run-all children, naive reference, sample checks, JSON and Markdown results."""
     assert main(["run", "--cells", "300", "--naive-cells", "130", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *TINY]) == 0
     report = json.loads(only(tmp_path / "out", "single-*.json").read_text())
     result = report["result"]
@@ -32,6 +32,12 @@ def test_run_measures_conversion_run_all_and_naive(tmp_path: Path) -> None:
     assert result["conversion"]["chunk_files"] == 3
     assert result["conversion"]["peak_rss_bytes"] > 0 and result["conversion"]["output_bytes"] > 0
     assert result["check_conversion"]["ok"] and result["check_conversion"]["checked"] >= 40
+    assert result["conversion"]["tie_break"] == "random" and result["conversion_position"]["tie_break"] == "position"
+    assert result["conversion_position"]["cells"] == 300 and result["check_conversion_position"]["ok"]
+    cost = result["tie_break_cost"]
+    assert cost["random_cells_per_second"] == result["conversion"]["cells_per_second"]
+    assert cost["position_cells_per_second"] == result["conversion_position"]["cells_per_second"]
+    assert cost["runs_each"] == 1 and "random_tie_break_cost_percent" in result["targets"]
     assert result["check_run_all"]["ok"]
     assert set(result["run_all"]["steps"]) == {"parquet_chunks", "aged_chunks", "train_test_splits", "hf_upload"}
     assert result["run_all"]["peak_rss_bytes"] > 0
@@ -40,14 +46,18 @@ def test_run_measures_conversion_run_all_and_naive(tmp_path: Path) -> None:
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu_model"]
     markdown = only(tmp_path / "out", "single-*.md").read_text()
     assert "| conversion alone | 300 |" in markdown and "whole `run-all`" in markdown and "naive reference" in markdown
+    assert "| conversion, tie-break position | 300 |" in markdown and "random tie-break: " in markdown
     assert not (tmp_path / "work" / "runs").exists() or not any((tmp_path / "work" / "runs").iterdir())
 
 
 def test_scaling_without_run_all(tmp_path: Path) -> None:
-    assert main(["scaling", "--cells", "100", "250", "--skip-run-all", "--naive-cells", "0", "--work", str(tmp_path / "w"),
-                 "--out", str(tmp_path / "out"), *TINY]) == 0
+    assert main(["scaling", "--cells", "100", "250", "--skip-run-all", "--naive-cells", "0", "--skip-tie-break-compare",
+                 "--repeat", "2", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), *TINY]) == 0
     report = json.loads(only(tmp_path / "out", "scaling-*.json").read_text())
     assert set(report["results"]) == {"100", "250"}
+    for result in report["results"].values():
+        assert "conversion_position" not in result and "tie_break_cost" not in result
+        assert len(result["conversion"]["runs"]) == 2 and result["check_conversion"]["ok"]
     [ratio] = report["ratios"]
     assert ratio["cells_ratio"] == 2.5 and ratio["conversion_peak_rss_ratio"] > 0
     assert "Scaling" in only(tmp_path / "out", "scaling-*.md").read_text()

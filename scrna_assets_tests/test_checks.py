@@ -78,3 +78,48 @@ def test_failed_checks_reach_the_summary() -> None:
     assert (failed.status, failed.message) == (
         "FAILED", "failed checks: no_donor_in_both_splits; check warnings: empty_sentence_share",
     )
+
+
+def test_cell_mode_makes_the_donor_check_a_warning(example_files, make_settings, instance) -> None:
+    """--split-by cell on the example (39 donors): donors land on both sides, which the check
+    reports as a WARN with the reason; the dataset succeeds and its summary says why."""
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), split_by="cell")
+    results = run(settings, instance, EXAMPLE, h5ad)
+    assert [r.success for r in results] == [True] * 5
+    split = results[3]
+    assert split.checks == {
+        "chunk_files_readable": "PASSED", "empty_sentence_share": "PASSED", "no_donor_in_both_splits": "WARN",
+        "share_of_cells_with_age": "PASSED", "test_share_within_contract": "PASSED",
+    }
+    note = "split by cell: cells of one donor may be in both splits (--split-by cell asked)"
+    assert split.figures["split_note"] == note
+    outcome = _outcome(EXAMPLE, h5ad, results, 1.0)
+    assert (outcome.status, outcome.message) == ("SUCCESS", f"{note}; check warnings: no_donor_in_both_splits")
+    check = checks.no_donor_in_both_splits(build_asset_check_context(), Path(settings.output_dir) / EXAMPLE)
+    assert (check.passed, check.severity.value, check.metadata["note"].value) == (False, "WARN", note)
+
+
+def test_default_split_never_fails_its_own_checks_on_few_donors(tmp_path: Path, make_settings, instance) -> None:
+    """The old auto rule split 18 donors at 0.05 by cell and then failed no_donor_in_both_splits.
+    Now: by donor, every blocking check passes."""
+    import anndata
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    n = 360
+    counts = sp.random(n, 30, density=0.3, format="csr", random_state=np.random.default_rng(5), dtype=np.float32)
+    counts.data = np.ceil(counts.data * 4)
+    obs = pd.DataFrame({
+        "donor_id": pd.Categorical([f"d{i % 18:02d}" for i in range(n)]),
+        "development_stage": pd.Categorical([f"{20 + 3 * (i % 18)}-year-old stage" for i in range(n)]),
+    }, index=[f"c{i}" for i in range(n)])
+    var = pd.DataFrame({"feature_name": [f"G{j}" for j in range(30)]}, index=[f"ENSG{j:011d}" for j in range(30)])
+    path = tmp_path / "eighteen.h5ad"
+    anndata.AnnData(X=counts, obs=obs, var=var).write_h5ad(path)
+    results = run(make_settings(), instance, "eighteen", path)
+    assert [r.success for r in results] == [True] * 5
+    assert (results[3].figures["split_by"], results[3].figures["donors_in_both"], results[3].figures["test_donors"]) == ("donor", 0, 1)
+    assert set(results[3].checks.values()) == {"PASSED"}
+    assert _outcome("eighteen", path, results, 1.0).status == "SUCCESS"

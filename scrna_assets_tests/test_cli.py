@@ -74,6 +74,7 @@ def test_bad_input_fails_without_traceback(shared_data: Path, in_tmp: Path) -> N
         (["--top-genes", "-1"], "--top-genes must be >= 0, 0 meaning all genes (got -1)"),
         (["--compression", "rar"], "--compression must be one of zstd, snappy, gzip, brotli, lz4, none (got 'rar')"),
         (["--split-by", "tissue"], "--split-by must be one of auto, donor, cell (got 'tissue')"),
+        (["--tie-break", "alphabet"], "--tie-break must be one of random, position (got 'alphabet')"),
         (["--repo-id", "me/data"], "--repo-id needs a token: pass --token or set HF_TOKEN"),
     ],
 )
@@ -108,3 +109,24 @@ def test_step_line_names_the_failed_checks(capsys: pytest.CaptureFixture[str]) -
         "  ✗ check test_share_within_contract failed (WARN)",
         "✓ Step 4 complete",
     ]
+
+
+def test_real_cellxgene_file_with_default_options_succeeds(shared_data: Path, in_tmp: Path) -> None:
+    """The CellxGene 7.1 fixture (one donor, one stage) with default options: split by donor, the
+    whole dataset in train, no donor on both sides, exit 0; its card loads with ``datasets``."""
+    path = shared_data / "h5ad" / "cxg_schema7.1_small_perturbations_marson_cd4_perturbseq.h5ad"
+    result = invoke("run-all", str(path), "--offline", "--hgnc-file", str(shared_data / "hgnc" / "hgnc_complete_set.parquet"))
+    assert result.exit_code == 0, result.output
+    assert "split_by=donor, train_cells=500, test_cells=0, test_share=0.0, train_donors=1, test_donors=0, donors_in_both=0" in result.output
+    assert "✗ check" not in result.output
+    name = "cxg_schema7.1_small_perturbations_marson_cd4_perturbseq"
+    assert f"✓ {name}: 500 cells, 500 with age, train 500 / test 0" in result.output
+    card = (in_tmp / "data/output" / name / "README.md").read_text()
+    assert "license: other" in card and "| Organism(s) | Homo sapiens |" in card
+    assert "| CELLxGENE schema version | 7.1.0 |" in card
+    assert "- Matrix: `X` (csr, float32), which held integer values (counts)." in card
+    import datasets
+
+    loaded = datasets.load_dataset(str(in_tmp / "data/output" / name), cache_dir=str(in_tmp / "hf-cache"))
+    assert {split: part.num_rows for split, part in loaded.items()} == {"train": 500}
+    assert set(loaded["train"]["age"]) == {23.0} and set(loaded["train"]["age_max"]) == {24.0}

@@ -15,12 +15,22 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from scrna_assets.core.ages import term_label
 from scrna_assets.core.gene_tokens import GeneTokens, assign_gene_tokens
 from scrna_assets.core.h5ad_reader import H5adSource
 from scrna_assets.core.parquet_io import ChunkWriter
-from scrna_assets.core.sentences import SentenceBuilder, default_threads, load_compiled
+from scrna_assets.core.sentences import (
+    DEFAULT_SEED,
+    DEFAULT_TIE_BREAK,
+    TIE_BREAKS,
+    SentenceBuilder,
+    cell_tie_keys,
+    default_threads,
+    load_compiled,
+)
 
-RESERVED_COLUMNS = ("cell_id", "dataset", "cell_sentence", "n_genes", "age")
+RESERVED_COLUMNS = ("cell_id", "dataset", "cell_sentence", "n_genes", "age", "age_min", "age_max")
+ORGANISM_COLUMN, ORGANISM_ID_COLUMN = "organism", "organism_ontology_term_id"
 # Files are encoded and written (zstd is most of the work) on two background threads while the
 # next chunk is built: three chunks in memory at most. One writer thread is ~25% slower on two
 # cores and saves one chunk of memory (~175 MB at 10,000 cells x 2,000 genes); a third gains nothing.
@@ -36,6 +46,12 @@ class ConvertResult:
     chunk_files: list[Path]
     empty_sentences: int
     gene_counts: dict[str, int] = field(default_factory=dict)
+    value_dtype: str = ""
+    """Stored dtype of the matrix's values (``H5adSource.value_dtype``)."""
+    integer_values: bool = True
+    """Every value read was a whole number (``H5adSource.integer_values`` after the last chunk)."""
+    source_facts: dict[str, str] = field(default_factory=dict)
+    """Dataset-wide text facts of ``uns`` (``H5adSource.uns_facts``)."""
 
 
 def output_column_names(obs_columns: list[str]) -> dict[str, str]:
@@ -64,36 +80,53 @@ def convert_h5ad(
     matrix: str = "auto",
     threads: int | None = None,
     writer_threads: int = WRITER_THREADS,
+    seed: int = DEFAULT_SEED,
+    tie_break: str = DEFAULT_TIE_BREAK,
 ) -> ConvertResult:
     """Write ``out_folder/chunk_NNNN.parquet``; memory stays bounded by ``chunk_size`` cells.
 
     ``threads``: threads for ranking (default: the CPUs available, at most 2); ``writer_threads``:
-    files encoded and written at once in the background. The output is the same for any values."""
+    files encoded and written at once in the background. The output is the same for any values
+    of these and of ``chunk_size``.
+
+    ``tie_break``: order of genes with equal values in a cell. ``"random"``: by tie key, a
+    pseudo-random permutation that is a pure function of (``seed``, ``dataset``, cell id, gene
+    token) (``sentences.cell_tie_keys``); ``"position"``: by var position."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
     threads = default_threads() if threads is None else max(1, int(threads))
     with H5adSource(source_path, matrix) as source:
         # the compiled ranking loops load on a background thread while var and the first chunk are read
-        load_compiled(source.matrix_node["indices"].dtype.newbyteorder("=") if source.encoding == "csr" else np.int32)
+        load_compiled(source.matrix_node["indices"].dtype.newbyteorder("=") if source.encoding == "csr" else np.int32, tie_break)
         tokens: GeneTokens = assign_gene_tokens(source.read_var(), ensembl_to_symbol)
         vocabulary = pa.array(tokens.vocabulary, type=pa.string())
         names = output_column_names(source.obs.columns)
+        facts = source.uns_facts()
         empty = 0
         # sentence buffers kept for reuse: one per writer thread. A third chunk alive at once (the
         # one being built while two are written) gets a fresh buffer: keeping three costs ~130 MB
         # more peak RSS for little less time.
         with (
-            SentenceBuilder(tokens.token_index, vocabulary, top_genes, threads, buffers=max(1, writer_threads)) as builder,
+            SentenceBuilder(
+                tokens.token_index, vocabulary, top_genes, threads, buffers=max(1, writer_threads), tie_break=tie_break
+            ) as builder,
             ChunkWriter(out_folder, compression, chunk_size, workers=max(1, writer_threads)) as writer,
         ):
             for part in source.iter_csr_parts(chunk_size, spill_dir=out_folder.parent):
                 n_rows = part.stop - part.start
-                sentences, n_genes = builder.build(part.indptr, part.indices, part.data, overwrite_indices=True)
+                cell_ids = source.obs.index(part.start, part.stop)
+                cell_keys = cell_tie_keys(cell_ids, seed, dataset) if tie_break == "random" else None
+                sentences, n_genes = builder.build(part.indptr, part.indices, part.data, overwrite_indices=True, cell_keys=cell_keys)
                 empty += int(np.count_nonzero(n_genes == 0))
                 columns: dict[str, pa.Array] = {
-                    "cell_id": source.obs.index(part.start, part.stop),
+                    "cell_id": cell_ids,
                     "dataset": pa.array([dataset] * n_rows, type=pa.string()),
                 }
-                for name, array in source.obs.read(part.start, part.stop).items():
+                obs = source.obs.read(part.start, part.stop)
+                for name, array in obs.items():
                     columns[names[name]] = array
+                if ORGANISM_COLUMN not in obs:
+                    columns[ORGANISM_COLUMN] = organism_column(obs.get(ORGANISM_ID_COLUMN), facts, n_rows)
                 columns["cell_sentence"] = sentences
                 columns["n_genes"] = pa.array(n_genes, type=pa.int32())
                 writer.write(pa.table(columns))
@@ -106,12 +139,29 @@ def convert_h5ad(
             chunk_files=files,
             empty_sentences=empty,
             gene_counts=tokens.counts(),
+            value_dtype=source.value_dtype,
+            integer_values=source.integer_values,
+            source_facts=facts,
         )
+
+
+def organism_column(term_ids: pa.Array | None, uns: dict[str, str], n_rows: int) -> pa.Array:
+    """Each cell's organism when obs has no ``organism`` column: the label of its
+    ``organism_ontology_term_id`` (NCBITaxon), else the dataset's ``uns["organism"]`` (CELLxGENE
+    schema 5+ keeps it there) or the label of ``uns["organism_ontology_term_id"]``, else null."""
+    if term_ids is not None:
+        ids = term_ids.cast(pa.string()).dictionary_encode()
+        labels = pa.array([term_label(i) for i in ids.dictionary.to_pylist()], pa.string())
+        return labels.take(ids.indices)
+    value = uns.get(ORGANISM_COLUMN) or term_label(uns.get(ORGANISM_ID_COLUMN))
+    return pa.array([value] * n_rows, pa.string())
 
 
 def _empty_schema(source: H5adSource, names: dict[str, str]) -> pa.Schema:
     """Schema of a file with no cells, so a 0-cell input still yields a readable chunk."""
     fields = [pa.field("cell_id", pa.string()), pa.field("dataset", pa.string())]
     fields += [pa.field(names[n], source.obs.column(n, 0, 0).type) for n in source.obs.columns]
+    if ORGANISM_COLUMN not in source.obs.columns:
+        fields.append(pa.field(ORGANISM_COLUMN, pa.string()))
     fields += [pa.field("cell_sentence", pa.string()), pa.field("n_genes", pa.int32())]
     return pa.schema(fields)

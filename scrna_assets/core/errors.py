@@ -6,9 +6,12 @@ from pathlib import Path
 
 
 class InputError(ValueError):
-    """A problem with an input file: the message always names the file and the problem."""
+    """A problem with an input file: the message always names the file and the problem, and the
+    element (``obs/cell_type``, ``raw.X``...) when one part of the file is at fault:
+    ``<file>: <element>: <what is wrong>``."""
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    def __init__(self, path: str | Path, problem: str, element: str | None = None) -> None:
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.element = element
+        self.problem = f"{element}: {problem}" if element else problem
+        super().__init__(f"{self.path}: {self.problem}")

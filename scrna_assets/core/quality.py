@@ -21,6 +21,8 @@ REQUIRED_COLUMNS = {
     "cell_sentence": pa.string(),
     "n_genes": pa.int32(),
     "age": pa.float64(),
+    "age_min": pa.float64(),
+    "age_max": pa.float64(),
 }
 SPLITS = ("train", "test")
 
@@ -31,6 +33,8 @@ class SplitFacts:
     donors: dict[str, set[str]] = field(default_factory=dict)
     donor_cells: Counter = field(default_factory=Counter)
     age_cells: Counter = field(default_factory=Counter)
+    bounds_cells: Counter = field(default_factory=Counter)
+    """Cells per (age_min, age_max): the strata of a cell split with ``include_age_ranges``."""
     empty_sentences: int = 0
     schema_problems: list[str] = field(default_factory=list)
 
@@ -46,9 +50,11 @@ class SplitFacts:
     def largest_donor_share(self) -> float:
         return max(self.donor_cells.values()) / self.total if self.donor_cells and self.total else 0.0
 
-    def expected_cell_mode_test_cells(self, test_size: float) -> int:
-        """The contract's exact count for ``cell`` mode: floor(n * test_size + 0.5) per age."""
-        return sum(math.floor(n * test_size + 0.5) for n in self.age_cells.values())
+    def expected_cell_mode_test_cells(self, test_size: float, by_bounds: bool = False) -> int:
+        """The contract's exact count for ``cell`` mode: floor(n * test_size + 0.5) per age, or
+        per (age_min, age_max) when cells with age bounds only were kept."""
+        strata = self.bounds_cells if by_bounds else self.age_cells
+        return sum(math.floor(n * test_size + 0.5) for n in strata.values())
 
 
 def _check_schema(path: Path, max_rows: int | None, problems: list[str]) -> pq.ParquetFile | None:
@@ -80,7 +86,7 @@ def split_facts(folder: Path, max_rows: int | None = None) -> SplitFacts:
             parquet = _check_schema(path, max_rows, facts.schema_problems)
             if parquet is None:
                 continue
-            wanted = [c for c in ("donor_id", "age", "n_genes") if c in parquet.schema_arrow.names]
+            wanted = [c for c in ("donor_id", "age", "age_min", "age_max", "n_genes") if c in parquet.schema_arrow.names]
             table = parquet.read(columns=wanted)
             facts.cells[name] += table.num_rows
             if "donor_id" in wanted:
@@ -89,6 +95,8 @@ def split_facts(folder: Path, max_rows: int | None = None) -> SplitFacts:
                 facts.donor_cells.update(donors)
             if "age" in wanted:
                 facts.age_cells.update(table.column("age").to_pylist())
+            if "age_min" in wanted and "age_max" in wanted:
+                facts.bounds_cells.update(zip(table.column("age_min").to_pylist(), table.column("age_max").to_pylist()))
             if "n_genes" in wanted:
                 facts.empty_sentences += table.column("n_genes").to_pylist().count(0)
     return facts

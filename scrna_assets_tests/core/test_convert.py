@@ -1,4 +1,8 @@
-"""convert_h5ad: the interim parquet contract (columns, sentences, chunk files, determinism)."""
+"""convert_h5ad: the interim parquet contract (columns, sentences, chunk files, determinism).
+
+Sentences are checked against a per-cell reference of the contract with the default random
+tie-break (seed 42: order within equal values by the tie key of the specification, computed in
+plain Python), and with ``tie_break="position"`` (var order) where a test is about that."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from scrna_assets.core.convert import ConvertResult, convert_h5ad, output_column
 from scrna_assets.core.errors import InputError
 from scrna_assets.core.hgnc import read_hgnc_table
 from scrna_assets_tests.core import h5ad_factory as factory
+from scrna_assets_tests.core.test_sentences import spec_tie_key
 
 PERTURBSEQ = "cxg_schema7.1_small_perturbations_marson_cd4_perturbseq.h5ad"
 HEART = "cxg_schema7_example_valid_unlabeled_heart320.h5ad"
@@ -25,8 +30,9 @@ TENX = "tiledbsoma_10x_multiome_subset_100x100_counts.h5ad"
 N_GENES = [3, 0, 2, 5, 1, 3, 1]  # words in factory.SENTENCES
 
 
-def run(path: Path, out: Path, chunk_size: int = 3, top_genes: int = 0, mapping: dict[str, str] | None = None, matrix: str = "auto", dataset: str = "ds") -> ConvertResult:
-    return convert_h5ad(path, dataset, out, factory.HGNC_MAP if mapping is None else mapping, chunk_size, top_genes, "zstd", matrix)
+def run(path: Path, out: Path, chunk_size: int = 3, top_genes: int = 0, mapping: dict[str, str] | None = None, matrix: str = "auto",
+        dataset: str = "ds", **options) -> ConvertResult:
+    return convert_h5ad(path, dataset, out, factory.HGNC_MAP if mapping is None else mapping, chunk_size, top_genes, "zstd", matrix, **options)
 
 
 def read_all(result: ConvertResult) -> pa.Table:
@@ -43,13 +49,27 @@ def gene_counts(total: int, mapped: int, fallback: int, dropped: int, duplicates
     }
 
 
-def sentence_of(values: np.ndarray, tokens: list[str | None], top_genes: int = 0) -> str:
-    """Reference sentence: tokened genes with value > 0, value desc then var position."""
-    genes = [(-float(v), j) for j, v in enumerate(values) if v > 0 and tokens[j] is not None]
+def sentence_of(values: np.ndarray, tokens: list[str | None], top_genes: int = 0, cell: str | None = None, dataset: str = "ds", seed: int = 42) -> str:
+    """Reference sentence: tokened genes with value > 0, value desc, then (with a ``cell`` id: the
+    random tie-break) tie key, then var position."""
+    genes = [
+        (-float(v), spec_tie_key(seed, dataset, cell, tokens[j]) if cell is not None else 0, j)
+        for j, v in enumerate(values)
+        if v > 0 and tokens[j] is not None
+    ]
     genes.sort()
     if top_genes:
         genes = genes[:top_genes]
-    return " ".join(tokens[j] for _, j in genes)
+    return " ".join(tokens[j] for _, _, j in genes)
+
+
+def random_sentences(dataset: str = "ds", tokens: list[str | None] = factory.TOKENS, top_genes: int = 0) -> list[str]:
+    """The reference sentences of ``factory.COUNTS`` (cells ``factory.CELL_IDS``) with the random tie-break."""
+    return [sentence_of(row, tokens, top_genes, cell, dataset) for row, cell in zip(factory.COUNTS, factory.CELL_IDS)]
+
+
+# factory.SENTENCES with the random tie-break (seed 42), pinned: rows 0 (GB = GD) and 3 (all equal)
+RANDOM_SENTENCES_DS = ["GD GB GC", "", "GA GE", "GB GA GE GC GD", "GC", "GE GB GA", "GB"]
 
 
 def read_adata(path: Path) -> anndata.AnnData:
@@ -84,14 +104,18 @@ def test_sentences_columns_and_files_exact(tmp_path: Path, fmt: str) -> None:
             ("cell_id", pa.string()),
             ("dataset", pa.string()),
             ("donor_id", pa.string()),
+            ("organism", pa.string()),
             ("cell_sentence", pa.string()),
             ("n_genes", pa.int32()),
         ]
     )
+    assert table.column("organism").null_count == 7  # no organism in obs or uns
     assert table.column("cell_id").to_pylist() == factory.CELL_IDS
     assert table.column("dataset").to_pylist() == ["my_ds"] * 7
     assert table.column("donor_id").to_pylist() == ["d0", "d1"] * 3 + ["d0"]
-    assert table.column("cell_sentence").to_pylist() == factory.SENTENCES
+    # random tie-break, dataset "my_ds": rows 0 (GB = GD) and 3 (all five equal) pinned
+    assert table.column("cell_sentence").to_pylist() == ["GB GD GC", "", "GA GE", "GA GD GE GB GC", "GC", "GE GB GA", "GB"]
+    assert table.column("cell_sentence").to_pylist() == random_sentences("my_ds")
     assert table.column("n_genes").to_pylist() == N_GENES
     assert table.column("cell_sentence").null_count == 0
     assert (result.n_cells, result.n_vars, result.matrix, result.matrix_encoding) == (7, 5, "X", fmt)
@@ -100,9 +124,15 @@ def test_sentences_columns_and_files_exact(tmp_path: Path, fmt: str) -> None:
 
 
 def test_top_genes_limits_sentence(tmp_path: Path) -> None:
-    """top_genes=2 keeps the two highest (ties by var position); n_genes counts the kept words."""
+    """top_genes=2 keeps the two highest, cut after the tie-break (random: row 3 keeps the two of
+    its five equal genes with the smallest tie keys; position: the first two in var order);
+    n_genes counts the kept words."""
     path = factory.write_counts(tmp_path / "in.h5ad")
     table = read_all(run(path, tmp_path / "out", top_genes=2))
+    assert table.column("cell_sentence").to_pylist() == ["GD GB", "", "GA GE", "GB GA", "GC", "GE GB", "GB"]
+    assert table.column("cell_sentence").to_pylist() == random_sentences(top_genes=2)
+    assert table.column("n_genes").to_pylist() == [2, 0, 2, 2, 1, 2, 1]
+    table = read_all(run(path, tmp_path / "position", top_genes=2, tie_break="position"))
     assert table.column("cell_sentence").to_pylist() == ["GB GD", "", "GA GE", "GA GB", "GC", "GE GB", "GB"]
     assert table.column("n_genes").to_pylist() == [2, 0, 2, 2, 1, 2, 1]
 
@@ -122,7 +152,7 @@ def test_csc_and_dense_outputs_equal_csr(tmp_path: Path, chunk_size: int) -> Non
     assert tables["dense"].equals(tables["csr"])
     values = factory.random_counts(23, 11, 3)
     tokens = [f"g{j}" for j in range(11)]
-    assert tables["csr"].column("cell_sentence").to_pylist() == [sentence_of(row, tokens) for row in values]
+    assert tables["csr"].column("cell_sentence").to_pylist() == [sentence_of(row, tokens, cell=f"cell{i}") for i, row in enumerate(values)]
 
 
 def test_no_csc_spill_left_next_to_output(tmp_path: Path) -> None:
@@ -151,7 +181,7 @@ def test_same_sentences_from_every_matrix_variant(tmp_path: Path, writer, matrix
     assert result.matrix == matrix_name
     assert result.n_vars == 5
     table = read_all(result)
-    assert table.column("cell_sentence").to_pylist() == factory.SENTENCES
+    assert table.column("cell_sentence").to_pylist() == RANDOM_SENTENCES_DS
     assert table.column("n_genes").to_pylist() == N_GENES
 
 
@@ -160,7 +190,8 @@ def test_var_without_feature_name_drops_unmapped_ensembl(tmp_path: Path) -> None
     path = factory.write_counts(tmp_path / "in.h5ad", var=factory.gene_var(with_feature_name=False))
     result = run(path, tmp_path / "out")
     table = read_all(result)
-    assert table.column("cell_sentence").to_pylist() == ["GB GC", "", "GA", "GA GB GC", "GC", "GB GA", "GB"]
+    assert table.column("cell_sentence").to_pylist() == ["GB GC", "", "GA", "GB GA GC", "GC", "GB GA", "GB"]
+    assert table.column("cell_sentence").to_pylist() == random_sentences(tokens=["GA", "GB", "GC", None, None])
     assert table.column("n_genes").to_pylist() == [2, 0, 1, 3, 1, 2, 1]
     assert result.empty_sentences == 1
     assert result.gene_counts == gene_counts(5, 3, 0, 2, 0)
@@ -170,7 +201,7 @@ def test_tenx_var_maps_gene_ids(tmp_path: Path) -> None:
     """10x var: HGNC symbol of ``gene_ids`` where known, else the symbol index."""
     path = factory.write_counts(tmp_path / "in.h5ad", var=factory.tenx_var())
     result = run(path, tmp_path / "out")
-    assert read_all(result).column("cell_sentence").to_pylist() == factory.SENTENCES
+    assert read_all(result).column("cell_sentence").to_pylist() == RANDOM_SENTENCES_DS
     assert result.gene_counts == gene_counts(5, 3, 2, 0, 0)
 
 
@@ -191,7 +222,7 @@ def test_obs_columns_kept_in_file_order_with_types(tmp_path: Path) -> None:
     path = factory.write_obs_kinds(tmp_path / "kinds.h5ad")
     result = run(path, tmp_path / "out", chunk_size=3)
     table = read_all(result)
-    assert table.column_names == ["cell_id", "dataset", *factory.KINDS_EXPECTED_7, "cell_sentence", "n_genes"]
+    assert table.column_names == ["cell_id", "dataset", *factory.KINDS_EXPECTED_7, "organism", "cell_sentence", "n_genes"]
     for name, values in factory.KINDS_EXPECTED_7.items():
         assert table.column(name).to_pylist() == values, name
     types = {f.name: f.type for f in table.schema}
@@ -217,7 +248,7 @@ def test_zero_cells_give_one_readable_file_with_columns(tmp_path: Path, fmt: str
     assert table.num_rows == 0
     assert result.n_cells == 0 and result.empty_sentences == 0
     kinds = [n for n in factory.KINDS_EXPECTED_7 if n != "nullable_str"]
-    assert table.column_names == ["cell_id", "dataset", *kinds, "cell_sentence", "n_genes"]
+    assert table.column_names == ["cell_id", "dataset", *kinds, "organism", "cell_sentence", "n_genes"]
     # same types as a non-empty conversion of the same kinds of columns
     full = read_all(run(factory.write_obs_kinds(tmp_path / "kinds.h5ad"), tmp_path / "full"))
     assert table.schema == full.drop_columns(["nullable_str"]).schema
@@ -242,9 +273,9 @@ def test_obs_clash_columns_kept_as_obs_prefixed(tmp_path: Path) -> None:
     names = ("cell_id", "dataset", "cell_sentence", "n_genes", "age")
     path = factory.write_obs_clash(tmp_path / "clash.h5ad", names)
     table = read_all(run(path, tmp_path / "out"))
-    assert table.column_names == ["cell_id", "dataset", *[f"obs_{n}" for n in names], "cell_sentence", "n_genes"]
+    assert table.column_names == ["cell_id", "dataset", *[f"obs_{n}" for n in names], "organism", "cell_sentence", "n_genes"]
     assert table.column("cell_id").to_pylist() == factory.CELL_IDS
-    assert table.column("cell_sentence").to_pylist() == factory.SENTENCES
+    assert table.column("cell_sentence").to_pylist() == RANDOM_SENTENCES_DS
     for name in names:
         assert table.column(f"obs_{name}").to_pylist() == [f"{name}-{i}" for i in range(7)]
 
@@ -283,6 +314,51 @@ def test_two_runs_are_byte_identical(tmp_path: Path) -> None:
     assert [p.read_bytes() for p in first.chunk_files] == [p.read_bytes() for p in second.chunk_files]
 
 
+# -- the tie-break ------------------------------------------------------------------------------
+def test_pinned_random_sentences_follow_the_specification() -> None:
+    assert RANDOM_SENTENCES_DS == random_sentences("ds")
+    assert RANDOM_SENTENCES_DS != factory.SENTENCES
+
+
+@pytest.mark.parametrize("fmt", factory.MATRIX_FORMATS)
+def test_position_tie_break_keeps_var_order(tmp_path: Path, fmt: str) -> None:
+    """``tie_break="position"``: the order before the random tie-break existed (ties by var position)."""
+    path = factory.write_counts(tmp_path / "in.h5ad", fmt)
+    table = read_all(run(path, tmp_path / "out", tie_break="position"))
+    assert table.column("cell_sentence").to_pylist() == factory.SENTENCES
+    assert table.column("n_genes").to_pylist() == N_GENES
+
+
+def test_var_order_does_not_change_random_sentences(tmp_path: Path) -> None:
+    """The same cells with their genes (columns and var rows) in another order: the same random
+    sentences; the position order changes with the var order."""
+    perm = [3, 0, 4, 2, 1]
+    plain = factory.write_counts(tmp_path / "plain.h5ad")
+    permuted = factory.write_counts(tmp_path / "permuted.h5ad", matrix=factory.COUNTS[:, perm], var=factory.gene_var().iloc[perm])
+    assert read_all(run(permuted, tmp_path / "p")).column("cell_sentence").to_pylist() == RANDOM_SENTENCES_DS
+    assert read_all(run(plain, tmp_path / "a")).column("cell_sentence").to_pylist() == RANDOM_SENTENCES_DS
+    assert read_all(run(permuted, tmp_path / "q", tie_break="position")).column("cell_sentence").to_pylist() != factory.SENTENCES
+
+
+def test_seed_and_dataset_name_set_the_random_order(tmp_path: Path) -> None:
+    """Another seed or dataset name: another pseudo-random order (the reference's, for that seed
+    and name); the words and counts stay."""
+    path = factory.write_counts(tmp_path / "in.h5ad")
+    seed7 = read_all(run(path, tmp_path / "s7", seed=7)).column("cell_sentence").to_pylist()
+    assert seed7 == [sentence_of(row, factory.TOKENS, 0, cell, "ds", seed=7) for row, cell in zip(factory.COUNTS, factory.CELL_IDS)]
+    other = read_all(run(path, tmp_path / "other", dataset="other")).column("cell_sentence").to_pylist()
+    assert other == random_sentences("other")
+    assert seed7 != RANDOM_SENTENCES_DS and other != RANDOM_SENTENCES_DS
+    for sentences in (seed7, other):
+        assert [sorted(s.split()) for s in sentences] == [sorted(s.split()) for s in factory.SENTENCES]
+
+
+def test_unknown_tie_break_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="tie_break must be one of random, position, not 'var'"):
+        run(factory.write_counts(tmp_path / "in.h5ad"), tmp_path / "out", tie_break="var")
+    assert not (tmp_path / "out").exists()
+
+
 # -- real files -------------------------------------------------------------------------------
 def test_real_perturbseq(tmp_path: Path, shared_data: Path, hgnc: dict[str, str]) -> None:
     """Schema-7.1 Perturb-seq: cells, chunks, gene counts, sentences and obs values, pinned."""
@@ -306,11 +382,15 @@ def test_real_perturbseq(tmp_path: Path, shared_data: Path, hgnc: dict[str, str]
     assert table.column("cell_id").to_pylist() == list(adata.obs_names)
     for row in (0, 1, 127, 128, 300, 499):
         values = adata.X[row].toarray().ravel()
-        expected = sentence_of(values, tokens)
+        expected = sentence_of(values, tokens, cell=adata.obs_names[row], dataset="perturb")
         assert table.column("cell_sentence")[row].as_py() == expected, row
         assert table.column("n_genes")[row].as_py() == len(expected.split(" ")), row
 
-    assert table.column_names == ["cell_id", "dataset", *adata.obs.columns, "cell_sentence", "n_genes"]
+    # schema 7 keeps the organism in uns: it becomes a column of every cell
+    assert table.column_names == ["cell_id", "dataset", *adata.obs.columns, "organism", "cell_sentence", "n_genes"]
+    assert set(table.column("organism").to_pylist()) == {"Homo sapiens"}
+    assert (result.matrix, result.value_dtype, result.integer_values) == ("X", "float32", True)
+    assert result.source_facts["schema_version"] == "7.1.0" and result.source_facts["organism"] == "Homo sapiens"
     assert set(table.column("donor_id").to_pylist()) == {"CE0008678"}
     assert set(table.column("development_stage").to_pylist()) == {"23-year-old stage"}
     assert set(table.column("development_stage_ontology_term_id").to_pylist()) == {"HsapDv:0000117"}
@@ -355,7 +435,9 @@ def test_real_heart_unlabeled_uses_raw(tmp_path: Path, shared_data: Path, hgnc: 
     raw = adata.raw.X.toarray()
     tokens = [hgnc.get(g, g if not g.startswith("ENSG") else None) for g in adata.raw.var_names]
     assert tokens[0] == "ERCC-00002" and tokens.count(None) == 1
-    assert table.column("cell_sentence").to_pylist() == [sentence_of(row, tokens) for row in raw]
+    assert table.column("cell_sentence").to_pylist() == [
+        sentence_of(row, tokens, cell=cell, dataset="heart") for row, cell in zip(raw, adata.obs_names)
+    ]
 
 
 def test_real_tiny_raw_stored_zero(tmp_path: Path, shared_data: Path, hgnc: dict[str, str]) -> None:
@@ -378,12 +460,12 @@ def test_real_tenx_multiome(tmp_path: Path, shared_data: Path, hgnc: dict[str, s
     assert result.gene_counts == gene_counts(100, 74, 26, 0, 0)
     assert result.empty_sentences == 94
     table = read_all(result)
-    assert table.column_names == ["cell_id", "dataset", "cell_sentence", "n_genes"]
+    assert table.column_names == ["cell_id", "dataset", "organism", "cell_sentence", "n_genes"]
     assert [pq.read_metadata(p).num_rows for p in result.chunk_files] == [64, 36]
     adata = read_adata(path)
     tokens = [hgnc.get(i, s) for s, i in zip(adata.var_names, adata.var["gene_ids"])]
     dense = adata.X.toarray()
-    assert table.column("cell_sentence").to_pylist() == [sentence_of(row, tokens) for row in dense]
+    assert table.column("cell_sentence").to_pylist() == [sentence_of(row, tokens, cell=cell, dataset="tenx") for row, cell in zip(dense, adata.obs_names)]
     assert table.column("n_genes").to_pylist() == [int(np.count_nonzero(row)) for row in dense]
 
 
@@ -396,7 +478,9 @@ def test_real_dense_with_raw_uses_230_raw_genes(tmp_path: Path, shared_data: Pat
     adata = read_adata(path)
     tokens = list(adata.raw.var_names)
     table = read_all(result)
-    assert table.column("cell_sentence").to_pylist() == [sentence_of(row, tokens) for row in adata.raw.X.toarray()]
+    assert table.column("cell_sentence").to_pylist() == [
+        sentence_of(row, tokens, cell=cell, dataset="pbmc") for row, cell in zip(adata.raw.X.toarray(), adata.obs_names)
+    ]
     assert table.column("groups").to_pylist() == [str(v) for v in adata.obs["groups"]]
 
 
@@ -415,3 +499,22 @@ def test_real_refused_files(tmp_path: Path, shared_data: Path, name: str, proble
         convert_h5ad(path, "x", tmp_path / "out", {}, 32, 0, "zstd")
     assert str(info.value).startswith(f"{path}: ")
     assert problem in str(info.value)
+
+
+def test_organism_column_from_obs_term_ids_or_kept_as_is(tmp_path: Path) -> None:
+    """Without an ``organism`` column the label of ``organism_ontology_term_id`` fills it; an
+    existing ``organism`` column is the one (not renamed)."""
+    import anndata
+    import pandas as pd
+
+    obs = pd.DataFrame({"organism_ontology_term_id": pd.Categorical(["NCBITaxon:9606", "NCBITaxon:10090", "NCBITaxon:9606"])}, index=["a", "b", "c"])
+    var = pd.DataFrame(index=["G1", "G2"])
+    counts = np.array([[1, 2], [3, 0], [0, 1]], dtype=np.float32)
+    anndata.AnnData(X=counts, obs=obs, var=var).write_h5ad(tmp_path / "ids.h5ad")
+    table = read_all(run(tmp_path / "ids.h5ad", tmp_path / "out_ids"))
+    assert table.column("organism").to_pylist() == ["Homo sapiens", "Mus musculus", "Homo sapiens"]
+    obs["organism"] = ["human (as typed)"] * 3
+    anndata.AnnData(X=counts, obs=obs, var=var).write_h5ad(tmp_path / "own.h5ad")
+    table = read_all(run(tmp_path / "own.h5ad", tmp_path / "out_own"))
+    assert table.column("organism").to_pylist() == ["human (as typed)"] * 3
+    assert "obs_organism" not in table.column_names

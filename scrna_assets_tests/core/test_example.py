@@ -109,7 +109,7 @@ def test_point_and_non_point_stages(example: tuple[Path, Path, anndata.AnnData])
 
 def test_stage_term_ids_match_labels(example: tuple[Path, Path, anndata.AnnData]) -> None:
     """Term ids carry the same stage as the labels, so ages also come out of id-only copies."""
-    from scrna_assets.core.ages import stage_label
+    from scrna_assets.core.ages import term_label
 
     _, _, adata = example
     pairs = adata.obs[["development_stage_ontology_term_id", "development_stage"]].drop_duplicates()
@@ -118,7 +118,7 @@ def test_stage_term_ids_match_labels(example: tuple[Path, Path, anndata.AnnData]
             assert term_id == "unknown"
         else:
             assert term_id.startswith("HsapDv:")
-            assert stage_label(term_id) == label
+            assert term_label(term_id) == label
 
 
 def test_example_converts_with_its_mini_hgnc(tmp_path: Path, example: tuple[Path, Path, anndata.AnnData]) -> None:

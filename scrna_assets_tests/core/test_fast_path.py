@@ -1,6 +1,8 @@
 """The fast conversion path: compiled ranking and string building, reused read buffers,
 background parquet writing. It must give exactly what the data contract (and the previous,
-vectorised numpy implementation) gives, byte for byte, for every input and thread count."""
+vectorised numpy implementation) gives, byte for byte, for every input and thread count, with
+either tie-break (``position``: the order of the previous implementation; ``random``: the numpy
+path's lexsort with the tie key)."""
 
 from __future__ import annotations
 
@@ -20,25 +22,49 @@ from scrna_assets.core.errors import InputError
 from scrna_assets.core.gene_tokens import assign_gene_tokens
 from scrna_assets.core.h5ad_reader import H5adSource
 from scrna_assets.core.parquet_io import ChunkWriter
-from scrna_assets.core.sentences import SentenceBuilder, _build_sentences_numpy, _value_keys, build_sentences
+from scrna_assets.core.sentences import (
+    TIE_BREAKS,
+    SentenceBuilder,
+    _build_sentences_numpy,
+    _value_keys,
+    build_sentences,
+    cell_tie_keys,
+)
 from scrna_assets.core.synthetic import write_synthetic_h5ad
 from scrna_assets_tests.core import h5ad_factory as factory
+from scrna_assets_tests.core.test_sentences import spec_tie_key
+
+
+def cell_ids(n: int) -> list[str]:
+    return [f"cell_{i:06d}" for i in range(n)]
+
+
+def keys_for(n: int) -> np.ndarray:
+    return cell_tie_keys(pa.array(cell_ids(n)), 42, "ds")
 
 
 # -- a per-cell reference of the contract --------------------------------------------------------
-def reference(matrix: sp.csr_matrix, token_index: np.ndarray, vocabulary: list[str], top_genes: int) -> tuple[list[str], list[int]]:
+def reference(
+    matrix: sp.csr_matrix, token_index: np.ndarray, vocabulary: list[str], top_genes: int, tie_break: str = "position", first_cell: int = 0
+) -> tuple[list[str], list[int]]:
+    """Sentences cell by cell; with ``random``, row r is cell ``cell_ids()[first_cell + r]`` (seed
+    42, dataset "ds") and ties go by tie key (computed from the specification, Python integers)."""
     sentences, counts = [], []
     for row in range(matrix.shape[0]):
         lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+        cell = f"cell_{first_cell + row:06d}"
+        values: dict[int, float] = {}  # a column stored twice is one gene with the sum (as scipy reads it)
+        for col, value in zip(matrix.indices[lo:hi].tolist(), matrix.data[lo:hi].tolist()):
+            values[col] = values.get(col, 0) + value
         genes = [
-            (-float(value), int(col), k)  # k: stored position, so duplicates keep their order
-            for k, (col, value) in enumerate(zip(matrix.indices[lo:hi].tolist(), matrix.data[lo:hi].tolist()))
+            (-float(value), spec_tie_key(42, "ds", cell, vocabulary[token_index[col]]) if tie_break == "random" else 0, int(col))
+            for col, value in values.items()
             if value > 0 and token_index[col] >= 0
         ]
         genes.sort()
         if top_genes > 0:
             genes = genes[:top_genes]
-        sentences.append(" ".join(vocabulary[token_index[col]] for _, col, _ in genes))
+        sentences.append(" ".join(vocabulary[token_index[col]] for _, _, col in genes))
         counts.append(len(genes))
     return sentences, counts
 
@@ -77,15 +103,19 @@ def random_tokens(n_cols: int, rng: np.random.Generator, drop: float = 0.2) -> t
 
 
 def assert_same(matrix: sp.csr_matrix, token_index: np.ndarray, vocabulary: list[str], top_genes: int, threads: int = 1) -> None:
+    """Both tie-breaks: the compiled path equals the reference and the numpy path."""
     vocab = pa.array(vocabulary, type=pa.string())
-    want, want_counts = reference(matrix, token_index, vocabulary, top_genes)
-    with SentenceBuilder(token_index, vocab, top_genes, threads=threads) as builder:
-        got, counts = builder.build_csr(matrix)
-    assert got.type == pa.string() and got.null_count == 0
-    assert got.to_pylist() == want
-    assert counts.dtype == np.int32 and counts.tolist() == want_counts
-    old, old_counts = _build_sentences_numpy(matrix, token_index, vocab, top_genes)
-    assert got.equals(old) and np.array_equal(counts, old_counts)
+    keys = keys_for(matrix.shape[0])
+    for tie_break in TIE_BREAKS:
+        want, want_counts = reference(matrix, token_index, vocabulary, top_genes, tie_break)
+        with SentenceBuilder(token_index, vocab, top_genes, threads=threads, tie_break=tie_break) as builder:
+            got, counts = builder.build_csr(matrix, keys)
+            numpy_keys = (keys, builder.gene_keys) if tie_break == "random" else ()
+        assert got.type == pa.string() and got.null_count == 0
+        assert got.to_pylist() == want, tie_break
+        assert counts.dtype == np.int32 and counts.tolist() == want_counts
+        old, old_counts = _build_sentences_numpy(matrix, token_index, vocab, top_genes, *numpy_keys)
+        assert got.equals(old) and np.array_equal(counts, old_counts)
 
 
 # -- ranking and strings: exact against the reference -------------------------------------------
@@ -137,16 +167,46 @@ def test_special_floats() -> None:
     vocabulary = [f"G{i}" for i in range(9)]
     token_index = np.arange(9, dtype=np.int32)
     assert_same(matrix, token_index, vocabulary, 0)
-    got, counts = build_sentences(matrix, token_index, pa.array(vocabulary), 0)
+    got, counts = build_sentences(matrix, token_index, pa.array(vocabulary), 0, tie_break="position")
     assert got.to_pylist() == ["G3 G6 G5 G1 G8"] and counts.tolist() == [5]
+    got, counts = build_sentences(matrix, token_index, pa.array(vocabulary), 0, cell_keys=keys_for(1))
+    assert got.to_pylist() == ["G3 G6 G5 G1 G8"] and counts.tolist() == [5]  # the two +inf by tie key:
+    assert spec_tie_key(42, "ds", "cell_000000", "G3") < spec_tie_key(42, "ds", "cell_000000", "G6")
 
 
-def test_duplicate_entries_keep_stored_order() -> None:
-    """A CSR row with a repeated column (not canonical) ranks both entries, ties stably."""
+@pytest.mark.parametrize("top_genes", [0, 2])
+def test_duplicate_entries_are_summed(top_genes: int) -> None:
+    """A CSR row with a repeated column (valid, not canonical) is one gene with the sum of its
+    values, as scipy reads it; sorted or unsorted, on both paths and tie-breaks."""
     data = np.array([3, 3, 5, 3], dtype=np.float32)
     indices = np.array([2, 2, 0, 1], dtype=np.int32)
     matrix = sp.csr_matrix((data, indices, np.array([0, 4])), shape=(1, 3))
-    assert_same(matrix, np.arange(3, dtype=np.int32), ["A", "B", "C"], 0)
+    want = ["C A B"[: 3 if top_genes else 5]]
+    for tie_break in TIE_BREAKS:
+        got, counts = build_sentences(matrix, np.arange(3, dtype=np.int32), pa.array(["A", "B", "C"]), top_genes, tie_break, keys_for(1))
+        assert got.to_pylist() == want and counts.tolist() == [top_genes or 3]
+    assert_same(matrix, np.arange(3, dtype=np.int32), ["A", "B", "C"], top_genes)
+    rng = np.random.default_rng(12)
+    dense = rng.integers(0, 6, size=(80, 40)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.5] = 0
+    token_index, vocabulary = random_tokens(40, rng)
+    for shuffle in (False, True):
+        split = shuffled_csr(dense, rng, shuffle=shuffle).tocoo()
+        # every third entry stored as two parts (and some rows with a third, zero part)
+        part = np.arange(split.nnz) % 3 == 0
+        first = np.where(part, np.floor(split.data / 2), split.data).astype(np.float32)
+        rows = np.concatenate([split.row, split.row[part], split.row[part][::5]])
+        cols = np.concatenate([split.col, split.col[part], split.col[part][::5]])
+        vals = np.concatenate([first, (split.data - first)[part], np.zeros(len(split.row[part][::5]), np.float32)])
+        order = np.argsort(rows, kind="stable") if shuffle else np.lexsort((cols, rows))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=80))])
+        doubled = sp.csr_matrix((vals[order], cols[order].astype(np.int32), indptr), shape=dense.shape)
+        assert not doubled.has_canonical_format
+        np.testing.assert_array_equal(doubled.toarray(), dense)
+        want = reference(sp.csr_matrix(dense), token_index, vocabulary, 7)
+        assert reference(doubled, token_index, vocabulary, 7) == want
+        assert_same(doubled, token_index, vocabulary, 7)
+        assert_same(doubled, token_index, vocabulary, 0)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -169,13 +229,15 @@ def test_row_slice_of_a_larger_matrix_and_overwrite() -> None:
     matrix = sp.csr_matrix(dense)
     token_index, vocabulary = random_tokens(30, rng)
     vocab = pa.array(vocabulary)
-    want, want_counts = reference(matrix[10:25], token_index, vocabulary, 4)
-    with SentenceBuilder(token_index, vocab, 4) as builder:
-        got, counts = builder.build(matrix.indptr[10:26], matrix.indices, matrix.data)
-        assert got.to_pylist() == want and counts.tolist() == want_counts
-        indices = matrix.indices.copy()
-        got, counts = builder.build(matrix.indptr, indices, matrix.data, overwrite_indices=True)
-    assert got.to_pylist() == reference(matrix, token_index, vocabulary, 4)[0]
+    keys = keys_for(40)
+    for tie_break in TIE_BREAKS:
+        want, want_counts = reference(matrix[10:25], token_index, vocabulary, 4, tie_break, first_cell=10)
+        with SentenceBuilder(token_index, vocab, 4, tie_break=tie_break) as builder:
+            got, counts = builder.build(matrix.indptr[10:26], matrix.indices, matrix.data, cell_keys=keys[10:25])
+            assert got.to_pylist() == want and counts.tolist() == want_counts
+            indices = matrix.indices.copy()
+            got, counts = builder.build(matrix.indptr, indices, matrix.data, overwrite_indices=True, cell_keys=keys)
+        assert got.to_pylist() == reference(matrix, token_index, vocabulary, 4, tie_break)[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
@@ -196,10 +258,11 @@ def test_reused_buffers_longer_than_the_chunk(monkeypatch: pytest.MonkeyPatch, d
         raise AssertionError("the numpy path was taken")
 
     monkeypatch.setattr(sentences_module, "_build_sentences_numpy", no_fallback)
-    with SentenceBuilder(token_index, pa.array(vocabulary), 6) as builder:
-        got, counts = builder.build(matrix.indptr, indices, data, overwrite_indices=True)
-    want, want_counts = reference(matrix, token_index, vocabulary, 6)
-    assert got.to_pylist() == want and counts.tolist() == want_counts
+    for tie_break in TIE_BREAKS:
+        with SentenceBuilder(token_index, pa.array(vocabulary), 6, tie_break=tie_break) as builder:
+            got, counts = builder.build(matrix.indptr, indices.copy(), data, overwrite_indices=True, cell_keys=keys_for(30))
+        want, want_counts = reference(matrix, token_index, vocabulary, 6, tie_break)
+        assert got.to_pylist() == want and counts.tolist() == want_counts
     assert n == matrix.nnz
 
 
@@ -208,10 +271,12 @@ def test_vocabulary_forms_and_no_tokens() -> None:
     matrix = sp.csr_matrix(np.array([[1, 2, 0], [0, 0, 3]], dtype=np.float32))
     token_index = np.array([0, 1, 2], dtype=np.int32)
     for vocab in (pa.array(["A", "B", "C"], pa.large_string()), pa.array(["x", "A", "B", "C"]).slice(1)):
-        got, counts = build_sentences(matrix, token_index, vocab, 0)
-        assert got.to_pylist() == ["B A", "C"] and got.type == pa.string()
-    got, counts = build_sentences(matrix, np.full(3, -1, np.int32), pa.array([], pa.string()), 0)
-    assert got.to_pylist() == ["", ""] and counts.tolist() == [0, 0]
+        for tie_break in TIE_BREAKS:
+            got, counts = build_sentences(matrix, token_index, vocab, 0, tie_break, keys_for(2))
+            assert got.to_pylist() == ["B A", "C"] and got.type == pa.string()
+    for tie_break in TIE_BREAKS:
+        got, counts = build_sentences(matrix, np.full(3, -1, np.int32), pa.array([], pa.string()), 0, tie_break, keys_for(2))
+        assert got.to_pylist() == ["", ""] and counts.tolist() == [0, 0]
 
 
 def test_value_keys_choice() -> None:
@@ -276,20 +341,31 @@ def test_big_endian_matrix(tmp_path: Path) -> None:
             values = f["X"][name][:]
             del f["X"][name]
             f["X"].create_dataset(name, data=values.astype(dtype))
-    table = pa.concat_tables([pq.read_table(p) for p in convert_h5ad(path, "ds", tmp_path / "out", factory.HGNC_MAP, 3, 0, "zstd").chunk_files])
-    assert table.column("cell_sentence").to_pylist() == factory.SENTENCES
+    little = factory.write_counts(tmp_path / "little.h5ad", "csr")
+    sentences = {}
+    for tie_break in TIE_BREAKS:
+        tables = [
+            pa.concat_tables([pq.read_table(p) for p in convert_h5ad(f, "ds", tmp_path / f"out-{tie_break}-{f.stem}", factory.HGNC_MAP, 3, 0,
+                                                                     "zstd", tie_break=tie_break).chunk_files])
+            for f in (path, little)
+        ]
+        assert tables[0].equals(tables[1])
+        sentences[tie_break] = tables[0].column("cell_sentence").to_pylist()
+    assert sentences["position"] == factory.SENTENCES
+    assert sentences["random"] != factory.SENTENCES  # random: not var order
     matrix = sp.csr_matrix(factory.COUNTS)
-    got, _ = build_sentences(
-        sp.csr_matrix((matrix.data.astype(">f4"), matrix.indices.astype(">i4"), matrix.indptr), shape=matrix.shape),
-        np.arange(5, dtype=np.int32), pa.array(factory.TOKENS), 0,
-    )
+    big_endian = sp.csr_matrix((matrix.data.astype(">f4"), matrix.indices.astype(">i4"), matrix.indptr), shape=matrix.shape)
+    got, _ = build_sentences(big_endian, np.arange(5, dtype=np.int32), pa.array(factory.TOKENS), 0, tie_break="position")
     assert got.to_pylist() == factory.SENTENCES
+    keys = cell_tie_keys(pa.array(factory.CELL_IDS), 42, "ds")
+    got, _ = build_sentences(big_endian, np.arange(5, dtype=np.int32), pa.array(factory.TOKENS), 0, cell_keys=keys)
+    assert got.to_pylist() == sentences["random"]
 
 
 # -- conversion: byte-identical files ---------------------------------------------------------------
-def previous_conversion(path: Path, out: Path, chunk_size: int, top_genes: int) -> list[Path]:
+def previous_conversion(path: Path, out: Path, chunk_size: int, top_genes: int, tie_break: str = "position", seed: int = 42) -> list[Path]:
     """The previous implementation, kept as the reference for bytes: scipy chunks, the numpy
-    sentences, a synchronous ``pq.write_table`` of each chunk."""
+    sentences (``random``: lexsort with the tie key), a synchronous ``pq.write_table`` of each chunk."""
     files = []
     with H5adSource(path) as source:
         tokens = assign_gene_tokens(source.read_var(), {})
@@ -297,11 +373,14 @@ def previous_conversion(path: Path, out: Path, chunk_size: int, top_genes: int) 
         names = output_column_names(source.obs.columns)
         out.mkdir(parents=True)
         for number, chunk in enumerate(source.iter_chunks(chunk_size)):
-            sentences, n_genes = _build_sentences_numpy(chunk.matrix, tokens.token_index, vocabulary, top_genes)
-            columns = {"cell_id": source.obs.index(chunk.start, chunk.stop),
+            ids = source.obs.index(chunk.start, chunk.stop)
+            keys = (cell_tie_keys(ids, seed, "ds"),) if tie_break == "random" else ()
+            sentences, n_genes = _build_sentences_numpy(chunk.matrix, tokens.token_index, vocabulary, top_genes, *keys)
+            columns = {"cell_id": ids,
                        "dataset": pa.array(["ds"] * (chunk.stop - chunk.start), type=pa.string())}
             for name, array in source.obs.read(chunk.start, chunk.stop).items():
                 columns[names[name]] = array
+            columns["organism"] = pa.nulls(chunk.stop - chunk.start, pa.string())  # neither obs nor uns names one
             columns["cell_sentence"] = sentences
             columns["n_genes"] = pa.array(n_genes, type=pa.int32())
             files.append(out / f"chunk_{number:04d}.parquet")
@@ -318,14 +397,37 @@ def synthetic_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_h5ad(tmp_path_factory.mktemp("syn") / "syn.h5ad", 2_500, 400, 60, seed=11, chunk_cells=700)
 
 
+@pytest.mark.parametrize("tie_break", TIE_BREAKS)
 @pytest.mark.parametrize(("chunk_size", "top_genes", "threads"), [(1000, 40, 1), (1000, 40, 2), (333, 0, 2), (5000, 7, 1)])
 def test_files_byte_identical_to_previous_implementation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_file: Path,
-                                                         chunk_size: int, top_genes: int, threads: int) -> None:
+                                                         chunk_size: int, top_genes: int, threads: int, tie_break: str) -> None:
+    """``position``: byte for byte the files of the implementation before the tie-break option;
+    ``random``: those of the numpy lexsort with the tie key."""
     monkeypatch.setattr(sentences_module, "_PARALLEL_MIN_NNZ", 1)
-    result = convert_h5ad(synthetic_file, "ds", tmp_path / "fast", {}, chunk_size, top_genes, "zstd", threads=threads)
-    want = previous_conversion(synthetic_file, tmp_path / "previous", chunk_size, top_genes)
+    result = convert_h5ad(synthetic_file, "ds", tmp_path / "fast", {}, chunk_size, top_genes, "zstd", threads=threads, tie_break=tie_break)
+    want = previous_conversion(synthetic_file, tmp_path / "previous", chunk_size, top_genes, tie_break)
     assert [p.name for p in result.chunk_files] == [p.name for p in want]
     assert digests(result.chunk_files) == digests(want)
+
+
+def test_random_sentences_independent_of_chunks_threads_and_seeded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_file: Path) -> None:
+    """Each cell's random sentence is the same for any chunk size and thread count (the cells
+    are compared one by one), and another seed gives another order of the same words."""
+    monkeypatch.setattr(sentences_module, "_PARALLEL_MIN_NNZ", 1)
+
+    def sentences(name: str, chunk_size: int, threads: int, seed: int = 42) -> dict[str, str]:
+        result = convert_h5ad(synthetic_file, "ds", tmp_path / name, {}, chunk_size, 40, "zstd", threads=threads, seed=seed)
+        table = pa.concat_tables([pq.read_table(p, columns=["cell_id", "cell_sentence"]) for p in result.chunk_files])
+        return dict(zip(table.column("cell_id").to_pylist(), table.column("cell_sentence").to_pylist()))
+
+    base = sentences("a", 2500, 1)
+    assert sentences("b", 97, 2) == base
+    assert sentences("c", 1000, 3) == base
+    other = sentences("d", 1000, 1, seed=43)
+    assert sum(other[c] != base[c] for c in base) > 2000
+    whole = [c for c in base if len(base[c].split()) < 40]  # not cut at top 40: the same words
+    assert len(whole) > 100 and all(sorted(other[c].split()) == sorted(base[c].split()) for c in whole)
+    assert all(len(other[c].split()) == len(base[c].split()) for c in base)
 
 
 def test_two_writer_threads_same_bytes(tmp_path: Path, synthetic_file: Path) -> None:
@@ -415,9 +517,9 @@ def test_sentences_of_earlier_chunks_stay_intact() -> None:
     dense = rng.integers(0, 9, size=(50, 40)).astype(np.float32)
     matrix, other = sp.csr_matrix(dense), sp.csr_matrix(dense[::-1].copy())
     token_index, vocabulary = random_tokens(40, rng, drop=0.0)
-    want, want_other = reference(matrix, token_index, vocabulary, 0)[0], reference(other, token_index, vocabulary, 0)[0]
+    want, want_other = reference(matrix, token_index, vocabulary, 0, "random")[0], reference(other, token_index, vocabulary, 0, "random")[0]
     with SentenceBuilder(token_index, pa.array(vocabulary), 0) as builder:
-        alive = [builder.build_csr(matrix if k % 2 == 0 else other)[0] for k in range(6)]
+        alive = [builder.build_csr(matrix if k % 2 == 0 else other, keys_for(50))[0] for k in range(6)]
     for k, array in enumerate(alive):
         assert array.to_pylist() == (want if k % 2 == 0 else want_other)
 

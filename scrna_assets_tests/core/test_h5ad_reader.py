@@ -395,3 +395,36 @@ def test_real_tiny_raw_has_stored_zero(shared_data: Path) -> None:
     (chunk,) = all_chunks(path, 10)
     assert chunk.matrix.nnz == 14
     assert chunk.matrix.toarray().tolist() == [[0, 1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 7]]
+
+
+@pytest.mark.parametrize(("array", "position", "value", "problem"), [
+    ("indptr", 0, 1, "matrix X: column 0: indptr starts at 1, not 0"),
+    ("indptr", -1, -1, "matrix X: column 4: indptr ends at {end}, not at nnz {nnz}"),
+    ("indices", 0, -1, "matrix X has row indices outside 0-6 in columns 0-4"),
+    ("indices", 0, 7, "matrix X has row indices outside 0-6 in columns 0-4"),
+])
+def test_malformed_csc_is_refused(tmp_path: Path, array: str, position: int, value: int, problem: str) -> None:
+    """CSC: indptr must start at 0 and end at nnz, row indices lie in [0, n_obs)."""
+    path = factory.write_counts(tmp_path / "bad.h5ad", "csc")
+    with h5py.File(path, "r+") as f:
+        nnz = f["X"]["indices"].shape[0]
+        f["X"][array][position if position >= 0 else f["X"][array].shape[0] - 1] = value if value >= 0 or array == "indices" else nnz - 1
+    with pytest.raises(InputError) as info:
+        all_chunks(path, 3)
+    assert str(info.value) == f"{path}: {problem.format(end=nnz - 1, nnz=nnz)}"
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "dense"])
+def test_float16_matrix_reads_as_float32(tmp_path: Path, fmt: str) -> None:
+    """scipy.sparse holds no float16: such values are read as float32 (exact), not refused."""
+    path = factory.write_counts(tmp_path / "in.h5ad", fmt)
+    with h5py.File(path, "r+") as f:
+        name, group = ("X", f) if fmt == "dense" else ("data", f["X"])
+        values = group[name][:]
+        attrs = dict(group[name].attrs)
+        del group[name]
+        group.create_dataset(name, data=values.astype(np.float16))
+        group[name].attrs.update(attrs)
+    chunks = all_chunks(path, 3)
+    assert {c.matrix.dtype for c in chunks} == {np.dtype(np.float32)}
+    np.testing.assert_array_equal(sp.vstack([c.matrix for c in chunks]).toarray(), factory.COUNTS)

@@ -31,7 +31,7 @@ DETAILS: dict[str, Any] = {
     "input": {"path": "/private/data/input/heart_atlas.h5ad", "size": 123_456, "mtime_ns": 1},
     "parameters": {
         "top_genes": 2048, "chunk_size": 5, "compression": "zstd", "matrix": "X",
-        "test_size": 0.25, "seed": 42, "split_by": "donor",
+        "test_size": 0.25, "seed": 42, "split_by": "donor", "tie_break": "position",
     },
     "figures": {
         "cells": 15, "genes": 321, "cells_with_age": 12, "cells_without_age": 3,
@@ -121,17 +121,17 @@ def test_card_declares_splits_and_describes_the_data(hub: LocalHub, dataset_fold
     assert metadata["size_categories"] == ["n<1K"]
     assert "`heart_atlas.h5ad`" in card and "/private/data" not in card  # name only, no local path
     for figure in ("| Cells in the source file | 15 |", "| Genes (var rows) in the source file | 321 |",
-                   "| Cells without a point age (left out) | 3 |", "| Train cells | 9 |", "| Test cells | 3 |",
-                   "| Rows in `train` (counted in the parquet files) | 9 |", "| Youngest age (years) | 25 |",
-                   "| Oldest age (years) | 70 |", "| Distinct ages | 5 |"):
+                   "| Cells without a point age | 3 |", "| Train cells | 9 |", "| Test cells | 3 |",
+                   "| Rows in `train` (counted in the parquet files) | 9 |", "| Youngest point age (years) | 25 |",
+                   "| Oldest point age (years) | 70 |", "| Distinct point ages | 5 |"):
         assert figure in card, figure
     for parameter in ("| top_genes | 2048 |", "| seed | 42 |", "| test_size | 0.25 |", "| compression | zstd |"):
         assert parameter in card, parameter
     assert "ordered by expression, highest first" in card
     assert "ties keep the gene order" in card
     assert "at most the top 2048 genes" in card
-    assert "parsed from `development_stage`" in card
-    assert "left out of this dataset" in card
+    assert "the `development_stage` text" in card
+    assert "cells with bounds only are left out" in card
     assert "Split by donor" in card
 
 
@@ -278,11 +278,11 @@ def test_card_is_deterministic_and_skips_empty_splits(dataset_folder: Path) -> N
     for path in (dataset_folder / "test" / "chunks").iterdir():
         path.unlink()
 
-    card = dataset_card(dataset_folder, REPO)
+    card = str(dataset_card(dataset_folder, None, REPO))
 
-    assert card == dataset_card(dataset_folder, REPO)
+    assert card == str(dataset_card(dataset_folder, None, REPO))
     assert _front_matter(card)["configs"][0]["data_files"] == [{"split": "train", "path": "train/chunks/*.parquet"}]
-    assert "Source file: not recorded" in card
+    assert "| Source file | not recorded |" in card
     assert "Not recorded." in card  # no parameters given
 
 
@@ -294,3 +294,15 @@ def test_damaged_chunk_fails_before_touching_the_hub(hub: LocalHub, dataset_fold
 
     assert REPO in str(caught.value)
     assert sum(hub.calls.values()) == 0 and hub.repos == {}
+
+
+def test_split_with_no_rows_is_neither_sent_nor_declared(hub: LocalHub, dataset_folder: Path) -> None:
+    """A one-donor dataset has an empty test split (a 0-row chunk): only train goes up, so
+    ``load_dataset(repo)`` never meets an empty split."""
+    _chunk(dataset_folder / "test/chunks/chunk_0000.parquet", "c", [], [])
+    upload_dataset(dataset_folder, REPO, True, DETAILS)
+    files = hub.repo(REPO).files
+    assert sorted(files) == ["README.md", "train/chunks/chunk_0000.parquet", "train/chunks/chunk_0001.parquet"]
+    assert _front_matter(files["README.md"].content.decode())["configs"][0]["data_files"] == [
+        {"split": "train", "path": "train/chunks/*.parquet"}
+    ]

@@ -13,6 +13,7 @@ import pytest
 
 from scrna_assets.core.parquet_io import ChunkWriter
 from scrna_assets.core.split import (
+    SplitMode,
     SplitResult,
     _donor_codes,
     choose_mode,
@@ -31,28 +32,23 @@ def expected_test_count(n: int, test_size: float) -> int:
 # -- choose_mode ------------------------------------------------------------------------------
 
 
-def test_choose_mode_auto() -> None:
-    """auto -> donor iff a donor column exists and n_donors * test_size >= 1."""
-    ten = np.array([f"d{i}" for i in range(10) for _ in range(3)])
-    assert choose_mode("auto", ten, 0.1) == "donor"  # 10 * 0.1 == 1
-    assert choose_mode("auto", ten, 0.09) == "cell"  # 0.9 < 1
-    assert choose_mode("auto", ten[:27], 0.1) == "cell"  # 9 donors
-    assert choose_mode("auto", np.array(["a", "b"]), 0.5) == "donor"
-    assert choose_mode("auto", np.array(["a", "a", "a"]), 0.5) == "cell"  # one donor, 0.5 < 1
-    assert choose_mode("auto", np.array([], dtype=str), 0.5) == "cell"
-    assert choose_mode("auto", None, 0.5) == "cell"
+def test_choose_mode_auto_is_donor_whenever_there_is_a_donor_column() -> None:
+    """auto -> donor with a donor column whatever the number of donors; cell only without one."""
+    assert choose_mode("auto", True) == SplitMode("donor", "the file has a donor_id column")
+    assert choose_mode("auto", False) == SplitMode("cell", "no donor_id column")
+    assert choose_mode("auto", False).note == "split by cell: cells of one donor may be in both splits (no donor_id column)"
+    assert choose_mode("auto", True).note == ""
 
 
 def test_choose_mode_explicit() -> None:
     """Explicit modes are honoured; donor without donors and unknown modes are errors."""
-    donors = np.array(["a", "b"])
-    assert choose_mode("cell", donors, 0.5) == "cell"
-    assert choose_mode("donor", donors, 0.01) == "donor"
-    assert choose_mode("cell", None, 0.5) == "cell"
+    assert choose_mode("cell", True) == SplitMode("cell", "--split-by cell asked")
+    assert choose_mode("cell", True).note == "split by cell: cells of one donor may be in both splits (--split-by cell asked)"
+    assert choose_mode("donor", True) == SplitMode("donor", "--split-by donor asked")
     with pytest.raises(ValueError, match="donor_id"):
-        choose_mode("donor", None, 0.5)
+        choose_mode("donor", False)
     with pytest.raises(ValueError, match="--split-by"):
-        choose_mode("random", donors, 0.5)
+        choose_mode("random", True)
 
 
 # -- cell mode --------------------------------------------------------------------------------
@@ -130,7 +126,7 @@ def test_donor_split_equal_donors_exact() -> None:
 
 def make_input(root: Path, slices: tuple[tuple[int, int], ...] = ((0, 13), (13, 13), (13, 40)), donors: bool = True) -> pa.Table:
     """Interim chunks in ``root/in`` (13, 0 and 27 rows by default) and their ages in
-    ``root/ages``, with nulls in age; returns the whole input table with ``age`` last."""
+    ``root/ages``, with nulls in age; returns the whole input table with the age columns last."""
     rng = np.random.default_rng(2024)
     n = 40
     donor_ids = [f"D{int(i)}" for i in rng.integers(0, 8, size=n)]
@@ -144,13 +140,22 @@ def make_input(root: Path, slices: tuple[tuple[int, int], ...] = ((0, 13), (13, 
             "age": pa.array(ages, type=pa.float64()),
         }
     )
+    table = with_bounds(table)
     (root / "in").mkdir(parents=True)
     (root / "ages").mkdir(parents=True)
     for index, (start, stop) in enumerate(slices):
         part = table.slice(start, stop - start)
-        pq.write_table(part.drop_columns(["age"]), root / "in" / f"chunk_{index:04d}.parquet")
-        pq.write_table(part.select(["cell_id", "age"]), root / "ages" / f"chunk_{index:04d}.parquet")
+        pq.write_table(part.drop_columns(["age", "age_min", "age_max"]), root / "in" / f"chunk_{index:04d}.parquet")
+        pq.write_table(part.select(["cell_id", "age", "age_min", "age_max"]), root / "ages" / f"chunk_{index:04d}.parquet")
     return table
+
+
+def with_bounds(ages: pa.Table) -> pa.Table:
+    """``age_min``/``age_max`` appended as a point age's year, [age, age + 1); none without an age."""
+    values = ages.column("age").to_pylist()
+    low = pa.array(values, pa.float64())
+    high = pa.array([None if a is None else a + 1 for a in values], pa.float64())
+    return ages.append_column("age_min", low).append_column("age_max", high)
 
 
 def read_folder(folder: Path) -> tuple[pa.Table, list[int]]:
@@ -303,3 +308,104 @@ def test_donor_codes_follow_sorted_ids_across_chunks(tmp_path: Path) -> None:
     for seed in range(5):
         chosen = pick_test_donors(codes, 0.4, seed)
         assert {str(np.unique(as_ids)[c]) for c in chosen} == pick_test_donors(as_ids, 0.4, seed)
+
+
+# -- the split the project chooses never fails its own checks -------------------------------------
+
+
+AGE_COLUMNS = ["age", "age_min", "age_max"]
+
+
+def write_cells(root: Path, columns: dict[str, list]) -> None:
+    """One interim chunk of these cells and its age file (``cell_id`` plus the age columns)."""
+    n = len(columns["age"])
+    table = pa.table({
+        "cell_id": pa.array([f"c{i:04d}" for i in range(n)], pa.string()),
+        "cell_sentence": pa.array(["A B"] * n, pa.string()),
+        **{name: pa.array(values, pa.float64() if name in AGE_COLUMNS else None) for name, values in columns.items()},
+    })
+    for folder in ("in", "ages"):
+        (root / folder).mkdir(parents=True)
+    pq.write_table(table.drop_columns(AGE_COLUMNS), root / "in" / "chunk_0000.parquet")
+    pq.write_table(table.select(["cell_id", *AGE_COLUMNS]), root / "ages" / "chunk_0000.parquet")
+
+
+def test_one_donor_auto_split_puts_the_whole_dataset_on_one_side(tmp_path: Path) -> None:
+    """The real CellxGene fixture's case: one donor. auto -> donor; every cell in train, no test
+    cell, no donor on both sides, nothing to warn about."""
+    write_cells(tmp_path, {"donor_id": ["CE0008678"] * 50, "age": [23.0] * 50, "age_min": [23.0] * 50, "age_max": [24.0] * 50})
+    result, _, test = run_split(tmp_path, "out", split_by="auto", test_size=0.05)
+    assert (result.mode, result.mode_reason) == ("donor", "the file has a donor_id column")
+    assert (result.train_cells, result.test_cells, result.train_donors, result.test_donors, result.donors_in_both) == (50, 0, 1, 0, 0)
+    assert result.notes == []
+    assert test is not None and read_folder(test)[0].num_rows == 0
+
+
+def test_eighteen_donors_at_five_percent_split_by_donor(tmp_path: Path) -> None:
+    """The issue's synthetic case (18 aged donors, --test-size 0.05) put 15 donors on both sides
+    under the old auto rule; now whole donors, none on both sides."""
+    donors = [f"d{i:02d}" for i in range(18) for _ in range(20)]
+    ages = [float(20 + 3 * (i // 20)) for i in range(len(donors))]
+    write_cells(tmp_path, {"donor_id": donors, "age": ages, "age_min": ages, "age_max": [a + 1 for a in ages]})
+    result, train, test = run_split(tmp_path, "out", split_by="auto", test_size=0.05, seed=42)
+    assert result.mode == "donor" and result.donors_in_both == 0
+    assert test is not None
+    train_ids = set(read_folder(train)[0].column("donor_id").to_pylist())
+    test_ids = set(read_folder(test)[0].column("donor_id").to_pylist())
+    assert train_ids.isdisjoint(test_ids) and len(train_ids | test_ids) == 18
+    assert (result.train_cells, result.test_cells) == (340, 20)  # one donor of 20 cells: 5.6 %, the closest to 5 %
+
+
+def test_cell_mode_says_donors_may_leak(tmp_path: Path) -> None:
+    """--split-by cell on a file with donors: the result counts the donors on both sides and says why."""
+    write_cells(tmp_path, {"donor_id": ["a", "b"] * 20, "age": [30.0] * 40, "age_min": [30.0] * 40, "age_max": [31.0] * 40})
+    result, _, _ = run_split(tmp_path, "out", split_by="cell", test_size=0.25)
+    assert (result.train_cells, result.test_cells) == (30, 10)
+    assert result.donors_in_both == 2
+    assert result.notes == ["split by cell: cells of one donor may be in both splits (--split-by cell asked)"]
+
+
+RANGE_CELLS = {
+    # 6 point ages (23), 4 cells of a range [15, 20), 8 censored [80, inf), 2 prenatal (no bounds)
+    "age": [23.0] * 6 + [None] * 14,
+    "age_min": [23.0] * 6 + [15.0] * 4 + [80.0] * 8 + [None] * 2,
+    "age_max": [24.0] * 6 + [20.0] * 4 + [None] * 8 + [None] * 2,
+}
+
+
+def test_age_ranges_are_left_out_by_default(tmp_path: Path) -> None:
+    write_cells(tmp_path, RANGE_CELLS)
+    result, train, test = run_split(tmp_path, "out", split_by="cell", test_size=0.25)
+    assert (result.train_cells, result.test_cells, result.without_age, result.kept_by_bounds) == (4, 2, 14, 0)
+
+
+def test_include_age_ranges_keeps_bounded_cells_and_stratifies_by_bounds(tmp_path: Path) -> None:
+    """With include_age_ranges the 12 cells with bounds only are kept; cell mode draws
+    floor(n * 0.25 + 0.5) test cells per (age_min, age_max): 2 of 6, 1 of 4, 2 of 8."""
+    write_cells(tmp_path, RANGE_CELLS)
+    result, _, test = run_split(tmp_path, "out", split_by="cell", test_size=0.25, include_age_ranges=True)
+    assert (result.train_cells, result.test_cells, result.kept_by_bounds) == (13, 5, 12)
+    assert test is not None
+    test_rows = read_folder(test)[0]
+    strata = Counter(zip(test_rows.column("age_min").to_pylist(), test_rows.column("age_max").to_pylist()))
+    assert strata == {(23.0, 24.0): 2, (15.0, 20.0): 1, (80.0, None): 2}
+
+
+def test_primary_only_drops_non_primary_cells_before_the_split(tmp_path: Path) -> None:
+    flags = [True] * 10 + [False] * 6 + [None] * 4
+    columns = {"is_primary_data": flags, "age": [40.0] * 20, "age_min": [40.0] * 20, "age_max": [41.0] * 20}
+    write_cells(tmp_path, columns)
+    kept_all, _, _ = run_split(tmp_path, "all", split_by="cell", test_size=0.25)
+    assert (kept_all.train_cells + kept_all.test_cells, kept_all.primary_cells, kept_all.non_primary_cells, kept_all.non_primary_dropped) == (20, 10, 6, 0)
+    primary, train, test = run_split(tmp_path, "primary", split_by="cell", test_size=0.25, primary_only=True)
+    assert (primary.train_cells, primary.test_cells, primary.non_primary_dropped) == (10, 4, 6)
+    assert test is not None
+    published = pa.concat_tables([read_folder(train)[0], read_folder(test)[0]])
+    assert False not in published.column("is_primary_data").to_pylist()
+
+
+def test_nothing_to_train_on_is_said(tmp_path: Path) -> None:
+    write_cells(tmp_path, {"donor_id": ["a"] * 5, "age": [None] * 5, "age_min": [None] * 5, "age_max": [None] * 5})
+    result, _, _ = run_split(tmp_path, "out", split_by="auto")
+    assert (result.train_cells, result.test_cells, result.without_age) == (0, 0, 5)
+    assert result.notes == ["no cell has an age: nothing to train on"]
