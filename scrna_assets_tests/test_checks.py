@@ -123,3 +123,17 @@ def test_default_split_never_fails_its_own_checks_on_few_donors(tmp_path: Path, 
     assert (results[3].figures["split_by"], results[3].figures["donors_in_both"], results[3].figures["test_donors"]) == ("donor", 0, 1)
     assert set(results[3].checks.values()) == {"PASSED"}
     assert _outcome("eighteen", path, results, 1.0).status == "SUCCESS"
+
+
+def test_cell_split_with_age_ranges_meets_its_contract_by_bounds(example_files, make_settings, instance) -> None:
+    """--include-age-ranges with a cell split: strata are (age_min, age_max), and the exact-count
+    check judges the same strata (it would fail if it still counted by point age)."""
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), split_by="cell", include_age_ranges=True)
+    results = run(settings, instance, EXAMPLE, h5ad)
+    split = results[3]
+    assert split.checks["test_share_within_contract"] == "PASSED"
+    assert split.figures["cells_kept_by_age_bounds"] == split.figures["train_cells"] + split.figures["test_cells"] - results[2].figures["cells_with_age"]
+    published = Path(settings.output_dir) / EXAMPLE
+    check = checks.test_share_within_contract(build_asset_check_context(), published)
+    assert check.passed and check.metadata["expected_test_cells"].value == split.figures["test_cells"]
