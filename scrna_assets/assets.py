@@ -216,7 +216,7 @@ def train_test_splits(
             record.setdefault("parameters", {}).update(split_parameters(settings))
             record.setdefault("figures", {}).update(split_figures)
             write_provenance(staging, record)
-            write_dataset_card(staging, record)
+            write_dataset_card(staging, record, dataset)
         for note in result.notes:
             _note(context, step, note)
         step.figures.update(

@@ -123,6 +123,7 @@ def test_real_cellxgene_file_with_default_options_succeeds(shared_data: Path, in
     assert f"✓ {name}: 500 cells, 500 with age, train 500 / test 0" in result.output
     card = (in_tmp / "data/output" / name / "README.md").read_text()
     assert "license: other" in card and "| Organism(s) | Homo sapiens |" in card
+    assert f"\n# {name}\n" in card and f'load_dataset("data/output/{name}")' in card and ".staging" not in card
     assert "| CELLxGENE schema version | 7.1.0 |" in card
     assert "- Matrix: `X` (csr, float32), which held integer values (counts)." in card
     import datasets

@@ -265,9 +265,11 @@ def _limitations(figures: dict[str, Any]) -> str:
     return "\n".join(f"- {item}" for item in items)
 
 
-def dataset_card(folder: Path, details: dict[str, Any] | None = None, repo_id: str | None = None) -> DatasetCard:
+def dataset_card(folder: Path, details: dict[str, Any] | None = None, repo_id: str | None = None, name: str | None = None) -> DatasetCard:
     """The card of a published folder, from its provenance ``details``; ``repo_id`` names the Hub
-    repository in the title and the loading example (else the local folder)."""
+    repository in the title and the loading example (else the local folder); ``name`` is the
+    dataset's name (default: the folder's, which a staging folder does not have)."""
+    name = name or folder.name
     details = details or {}
     figures = dict(details.get("figures") or {})
     parameters = dict(details.get("parameters") or {})
@@ -277,7 +279,7 @@ def dataset_card(folder: Path, details: dict[str, Any] | None = None, repo_id: s
     license_id = license_of(source, parameters.get("license") or UNKNOWN_LICENSE)
     data = DatasetCardData(
         license=license_id,
-        pretty_name=f"{folder.name} cell sentences",
+        pretty_name=f"{name} cell sentences",
         tags=["single-cell", "cell-sentences", "aging", "biology"],
         size_categories=[_size_category(sum(s.rows for s in splits))],
         configs=[{"config_name": "default", "data_files": [{"split": s.name, "path": f"{s.repo_dir}/{CHUNK_GLOB}"} for s in splits]}],
@@ -289,9 +291,9 @@ def dataset_card(folder: Path, details: dict[str, Any] | None = None, repo_id: s
     if ages:
         figure_rows += [("Youngest point age (years)", ages[0]), ("Oldest point age (years)", ages[1]), ("Distinct point ages", ages[2])]
     parameter_rows = sorted(_flatten(parameters).items())
-    where = repo_id or f"data/output/{folder.name}"  # the Hub repository, or the local folder (default --output-dir)
+    where = repo_id or f"data/output/{name}"  # the Hub repository, or the local folder (default --output-dir)
     layout = "\n".join(f"- `{s.name}`: `{s.repo_dir}/{CHUNK_GLOB}` ({s.rows:,} cells)" for s in splits) or "- no split holds any cell"
-    body = f"""# {repo_id or folder.name}
+    body = f"""# {repo_id or name}
 
 Cell sentences for ageing research, made by `scrna_assets` from one single-cell `.h5ad` file.
 
@@ -338,8 +340,8 @@ dataset = load_dataset("{where}")
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def write_dataset_card(folder: Path, details: dict[str, Any]) -> Path:
+def write_dataset_card(folder: Path, details: dict[str, Any], name: str) -> Path:
     """``folder/README.md``, so ``datasets.load_dataset(folder)`` loads the splits the card declares."""
     path = folder / CARD_FILE
-    path.write_text(str(dataset_card(folder, details)), encoding="utf-8")
+    path.write_text(str(dataset_card(folder, details, name=name)), encoding="utf-8")
     return path

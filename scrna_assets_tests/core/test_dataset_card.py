@@ -126,12 +126,21 @@ def test_written_card_loads_locally_with_datasets(one_donor: Path, tmp_path: Pat
     monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import datasets
 
-    path = write_dataset_card(one_donor, details())
+    path = write_dataset_card(one_donor, details(), "lung")
     assert path == one_donor / "README.md"
     assert DatasetCard.load(path).data.license == "other"
     loaded = datasets.load_dataset(str(one_donor), cache_dir=str(tmp_path / "cache"))
     assert {name: split.num_rows for name, split in loaded.items()} == {"train": 5}
     assert loaded["train"]["age_max"] == [24.0] * 5
+
+
+def test_card_names_the_dataset_not_its_staging_folder(tmp_path: Path) -> None:
+    """Step 4 writes the card in a staging folder: the card names the dataset."""
+    staging = tmp_path / ".staging-lung+0123456789ab"
+    write_split(staging, "train", [30.0])
+    text = str(dataset_card(staging, details(), name="lung"))
+    assert "# lung\n" in text and 'load_dataset("data/output/lung")' in text and "pretty_name: lung cell sentences" in text
+    assert ".staging" not in text
 
 
 def test_card_is_deterministic(one_donor: Path) -> None:
