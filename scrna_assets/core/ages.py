@@ -191,8 +191,7 @@ def _current_term(term_id: str) -> str | None:
 
 @lru_cache(maxsize=4096)
 def term_label(term_id: str | None) -> str | None:
-    """The label of a term the ontologies of cellxgene-ontology-guide know (a development stage,
-    an NCBITaxon organism), or None when unknown."""
+    """The ontology label of a development-stage term id, or None when unknown."""
     if not isinstance(term_id, str) or not term_id.strip():
         return None
     try:

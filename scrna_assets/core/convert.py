@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scrna_assets.core.ages import term_label
 from scrna_assets.core.gene_tokens import GeneTokens, assign_gene_tokens
 from scrna_assets.core.h5ad_reader import H5adSource
 from scrna_assets.core.parquet_io import ChunkWriter
@@ -145,15 +144,30 @@ def convert_h5ad(
         )
 
 
+# The organisms CELLxGENE datasets come from, by NCBITaxon id (labels as in the NCBITaxon release
+# cellxgene-ontology-guide ships; a test checks them there). A table, not an ontology look-up:
+# loading NCBITaxon through the ontology parser takes ~14 s and ~3.2 GB of memory.
+ORGANISM_LABELS = {
+    "NCBITaxon:9606": "Homo sapiens", "NCBITaxon:10090": "Mus musculus", "NCBITaxon:9483": "Callithrix jacchus",
+    "NCBITaxon:9541": "Macaca fascicularis", "NCBITaxon:9544": "Macaca mulatta", "NCBITaxon:9598": "Pan troglodytes",
+    "NCBITaxon:9597": "Pan paniscus", "NCBITaxon:9595": "Gorilla gorilla gorilla", "NCBITaxon:9600": "Pongo pygmaeus",
+    "NCBITaxon:9825": "Sus scrofa domesticus", "NCBITaxon:9823": "Sus scrofa", "NCBITaxon:10116": "Rattus norvegicus",
+    "NCBITaxon:9986": "Oryctolagus cuniculus", "NCBITaxon:10029": "Cricetulus griseus", "NCBITaxon:9615": "Canis lupus familiaris",
+    "NCBITaxon:9913": "Bos taurus", "NCBITaxon:9031": "Gallus gallus", "NCBITaxon:7955": "Danio rerio",
+    "NCBITaxon:7227": "Drosophila melanogaster", "NCBITaxon:6239": "Caenorhabditis elegans",
+}
+
+
 def organism_column(term_ids: pa.Array | None, uns: dict[str, str], n_rows: int) -> pa.Array:
     """Each cell's organism when obs has no ``organism`` column: the label of its
-    ``organism_ontology_term_id`` (NCBITaxon), else the dataset's ``uns["organism"]`` (CELLxGENE
-    schema 5+ keeps it there) or the label of ``uns["organism_ontology_term_id"]``, else null."""
+    ``organism_ontology_term_id`` (``ORGANISM_LABELS``; null for an id not in it), else the
+    dataset's ``uns["organism"]`` (CELLxGENE schema 5+ keeps it there) or the label of
+    ``uns["organism_ontology_term_id"]``, else null."""
     if term_ids is not None:
         ids = term_ids.cast(pa.string()).dictionary_encode()
-        labels = pa.array([term_label(i) for i in ids.dictionary.to_pylist()], pa.string())
+        labels = pa.array([ORGANISM_LABELS.get(i) for i in ids.dictionary.to_pylist()], pa.string())
         return labels.take(ids.indices)
-    value = uns.get(ORGANISM_COLUMN) or term_label(uns.get(ORGANISM_ID_COLUMN))
+    value = uns.get(ORGANISM_COLUMN) or ORGANISM_LABELS.get(uns.get(ORGANISM_ID_COLUMN, ""))
     return pa.array([value] * n_rows, pa.string())
 
 

@@ -518,3 +518,14 @@ def test_organism_column_from_obs_term_ids_or_kept_as_is(tmp_path: Path) -> None
     table = read_all(run(tmp_path / "own.h5ad", tmp_path / "out_own"))
     assert table.column("organism").to_pylist() == ["human (as typed)"] * 3
     assert "obs_organism" not in table.column_names
+
+
+def test_organism_labels_are_the_ontology_s() -> None:
+    """The organism table agrees with the NCBITaxon release cellxgene-ontology-guide ships (loading
+    it takes ~14 s and ~3 GB, which is why conversion uses the table)."""
+    from cellxgene_ontology_guide.ontology_parser import OntologyParser
+
+    from scrna_assets.core.convert import ORGANISM_LABELS
+
+    parser = OntologyParser()
+    assert {term: parser.get_term_label(term) for term in ORGANISM_LABELS} == ORGANISM_LABELS
