@@ -3,7 +3,7 @@
 
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -17,15 +17,17 @@ from dagster import (
 )
 
 from scrna_assets.core.add_age import add_ages
+from scrna_assets.core.atomic_files import write_failure_message
 from scrna_assets.core.convert import convert_h5ad
 from scrna_assets.core.errors import InputError
 from scrna_assets.core.hgnc import resolve_hgnc_mapping
 from scrna_assets.core.hf_upload import HubUploadError, upload_dataset
 from scrna_assets.core.dataset_card import published_splits, write_dataset_card
 from scrna_assets.core.split import NOTHING_TO_TRAIN_ON, split_chunks
-from scrna_assets.inputs import find_dataset_file
+from scrna_assets.inputs import find_dataset_file, readable_input
 from scrna_assets.io_manager import StagedFolder
-from scrna_assets.layout import DatasetBusyError, DatasetLayout
+from scrna_assets.dataset_lock import DatasetBusyError
+from scrna_assets.layout import DatasetLayout
 from scrna_assets.logs import DatasetLog, StepLog
 from scrna_assets.partitions import datasets_partitions
 from scrna_assets.provenance import (
@@ -69,8 +71,9 @@ def _dataset_step(settings: PipelineSettings, dataset: str, step: str) -> Iterat
         raise Failure(description=str(error), allow_retries=False) from error
     except (HubUploadError, DatasetBusyError) as error:  # upload errors are scrubbed of the token
         raise Failure(description=str(error)) from error
-    except OSError as error:  # a write error (disk full, permissions): that dataset fails, clearly
-        raise Failure(description=f"{dataset}: {step}: {error}", allow_retries=False) from error
+    except OSError as error:  # a write error (disk full, permissions): that dataset fails, naming the folder
+        problem = write_failure_message(error, Path(error.filename)) if error.filename else str(error)
+        raise Failure(description=f"{dataset}: {step}: {problem}", allow_retries=False) from error
 
 
 def _note(context: AssetExecutionContext, step: StepLog, message: str) -> None:
@@ -82,22 +85,17 @@ def _note(context: AssetExecutionContext, step: StepLog, message: str) -> None:
 
 
 @contextmanager
-def _locked_staging(layout: DatasetLayout, asset: str, dataset: str) -> Iterator[tuple[Path, ExitStack]]:
-    """Take the dataset lock, clear what a crashed run left, and give a fresh staging folder.
-
-    The lock stays held after a successful body: the IO manager releases it once it has
-    published the folder. On failure the folder is removed and the lock released here."""
-    lock = ExitStack()
-    lock.enter_context(layout.dataset_lock(dataset))
+def _staging(layout: DatasetLayout, asset: str, dataset: str) -> Iterator[Path]:
+    """Clear what a crashed run left and give a fresh staging folder, under the dataset lock that
+    the IO manager holds for the whole run; on failure the folder is removed."""
     try:
         layout.clear_stale_staging(asset, dataset)
         with layout.staging(asset, dataset) as staging:
-            yield staging, lock
-    except BaseException as error:
-        lock.close()
-        if isinstance(error, ValueError) and not isinstance(error, InputError):  # e.g. ages of other chunks
-            raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error
-        raise  # an InputError names its file already; _dataset_step makes it the step's message
+            yield staging
+    except ValueError as error:
+        if isinstance(error, InputError):  # names its file already; _dataset_step makes it the step's message
+            raise
+        raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error  # e.g. ages of other chunks
 
 
 @asset(group_name=GROUP, description="Ensembl gene id -> HGNC approved symbol (downloaded, cached, or from --hgnc-file).")
@@ -116,11 +114,9 @@ def parquet_chunks(
     dataset = context.partition_key
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "parquet_chunks") as step:
-        source = Path(config.h5ad_path) if config.h5ad_path else find_dataset_file(Path(settings.input_dir), dataset)
-        if source.is_dir():
-            raise InputError(source, "is a directory, not an h5ad file")
+        source = readable_input(Path(config.h5ad_path) if config.h5ad_path else find_dataset_file(Path(settings.input_dir), dataset))
         started = time.perf_counter()
-        with _locked_staging(layout, "parquet_chunks", dataset) as (staging, lock):
+        with _staging(layout, "parquet_chunks", dataset) as staging:
             before = _fingerprint(source)
             result = convert_h5ad(
                 source,
@@ -155,7 +151,7 @@ def parquet_chunks(
             **result.gene_counts,
         )
     metadata = dict(step.figures, source=MetadataValue.path(str(source)), input_quick_hash=quick_hash(source))
-    return Output(StagedFolder(staging, lock.close), metadata=metadata)
+    return Output(StagedFolder(staging), metadata=metadata)
 
 
 @asset(group_name=GROUP, partitions_def=datasets_partitions, description="The donor age in years of every cell (cell_id, age), one file per parquet_chunks file.")
@@ -164,7 +160,7 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "aged_chunks") as step:
         started = time.perf_counter()
-        with _locked_staging(layout, "aged_chunks", dataset) as (staging, lock):
+        with _staging(layout, "aged_chunks", dataset) as staging:
             result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression)
             record = read_provenance(parquet_chunks) or {}
             record.setdefault("figures", {}).update(
@@ -181,7 +177,7 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
         if result.unparsed_labels:
             step.figures["stages_without_age"] = result.unparsed_labels
     histogram = "\n".join(["| age (years) | cells |", "|---|---|"] + [f"| {a:g} | {n} |" for a, n in result.age_counts.items()])
-    return Output(StagedFolder(staging, lock.close), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
+    return Output(StagedFolder(staging), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
 
 
 @asset(group_name=GROUP, partitions_def=datasets_partitions, description="Cells with an age, with their age, split into train/test (or one chunks/ folder with --skip-train-test-split).")
@@ -192,7 +188,7 @@ def train_test_splits(
     layout = _layout(settings)
     with _dataset_step(settings, dataset, "train_test_splits") as step:
         started = time.perf_counter()
-        with _locked_staging(layout, "train_test_splits", dataset) as (staging, lock):
+        with _staging(layout, "train_test_splits", dataset) as staging:
             if settings.skip_train_test_split:  # every aged cell into <name>/chunks/
                 train_folder, test_folder = staging / "chunks", None
             else:
@@ -224,7 +220,7 @@ def train_test_splits(
             test_share=round(result.test_share, 6), cells_without_age_left_out=result.without_age,
             cells_kept_by_age_bounds=result.kept_by_bounds, seconds=round(time.perf_counter() - started, 3),
         )
-    return Output(StagedFolder(staging, lock.close), metadata=dict(step.figures))
+    return Output(StagedFolder(staging), metadata=dict(step.figures))
 
 
 @asset(group_name=GROUP, partitions_def=datasets_partitions, description="The split dataset on the HuggingFace Hub (skipped without --repo-id).")

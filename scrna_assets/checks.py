@@ -10,7 +10,7 @@ from scrna_assets.assets import train_test_splits
 from scrna_assets.core.quality import split_facts
 from scrna_assets.core.split import NOTHING_TO_TRAIN_ON
 from scrna_assets.partitions import datasets_partitions
-from scrna_assets.provenance import read_provenance
+from scrna_assets.provenance import read_provenance, record_check
 from scrna_assets.resources import PipelineSettings
 
 # Partitioned checks are a preview feature of Dagster 1.13; they are what lets a check read only its
@@ -19,6 +19,13 @@ warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions
 
 MIN_AGE_SHARE = float(os.environ.get("SCRNA_MIN_AGE_SHARE", "0.5"))
 MAX_EMPTY_SHARE = float(os.environ.get("SCRNA_MAX_EMPTY_SHARE", "0.05"))
+
+
+def _recorded(folder: Path, check: str, result: AssetCheckResult) -> AssetCheckResult:
+    """Write the outcome into the output's ``checks.json``: what ``--skip-existing`` and the sensor
+    read to tell a good output from one whose blocking check failed."""
+    record_check(folder, check, result.passed, result.severity.value)
+    return result
 
 
 def _provenance(folder: Path) -> tuple[dict, dict]:
@@ -37,9 +44,9 @@ def no_donor_in_both_splits(context: AssetCheckExecutionContext, train_test_spli
                 "train_donors": len(facts.donors.get("train", ())), "test_donors": len(facts.donors.get("test", ()))}
     if cell_mode:
         metadata["note"] = figures.get("split_note", "")
-    return AssetCheckResult(
+    return _recorded(train_test_splits, "no_donor_in_both_splits", AssetCheckResult(
         passed=not shared, severity=AssetCheckSeverity.WARN if cell_mode else AssetCheckSeverity.ERROR, metadata=metadata,
-    )
+    ))
 
 
 @asset_check(asset=train_test_splits, partitions_def=datasets_partitions, blocking=True,
@@ -50,14 +57,16 @@ def test_share_within_contract(context: AssetCheckExecutionContext, train_test_s
     mode, test_size = figures.get("split_by", "none"), parameters.get("test_size")
     metadata = {"split_by": mode, "test_share": round(facts.test_share, 6), "test_size": test_size or 0.0}
     if facts.total == 0:  # nothing to split: a warning about the data, not a broken split
-        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, metadata={**metadata, "note": NOTHING_TO_TRAIN_ON})
-    if mode == "cell":
+        result = AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, metadata={**metadata, "note": NOTHING_TO_TRAIN_ON})
+    elif mode == "cell":
         expected = facts.expected_cell_mode_test_cells(test_size, by_bounds=bool(parameters.get("include_age_ranges")))
-        return AssetCheckResult(passed=facts.cells.get("test", 0) == expected, metadata={**metadata, "expected_test_cells": expected})
-    if mode == "donor":
+        result = AssetCheckResult(passed=facts.cells.get("test", 0) == expected, metadata={**metadata, "expected_test_cells": expected})
+    elif mode == "donor":
         bound = facts.largest_donor_share
-        return AssetCheckResult(passed=abs(facts.test_share - test_size) <= bound + 1e-12, metadata={**metadata, "bound": round(bound, 6)})
-    return AssetCheckResult(passed=facts.cells.get("test", 0) == 0, metadata={**metadata, "note": "no split requested"})
+        result = AssetCheckResult(passed=abs(facts.test_share - test_size) <= bound + 1e-12, metadata={**metadata, "bound": round(bound, 6)})
+    else:
+        result = AssetCheckResult(passed=facts.cells.get("test", 0) == 0, metadata={**metadata, "note": "no split requested"})
+    return _recorded(train_test_splits, "test_share_within_contract", result)
 
 
 @asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
@@ -66,10 +75,10 @@ def share_of_cells_with_age(context: AssetCheckExecutionContext, train_test_spli
     _, figures = _provenance(train_test_splits)
     cells, aged = figures.get("cells", 0), figures.get("cells_with_age", 0)
     share = aged / cells if cells else 0.0
-    return AssetCheckResult(
+    return _recorded(train_test_splits, "share_of_cells_with_age", AssetCheckResult(
         passed=share >= MIN_AGE_SHARE, severity=AssetCheckSeverity.WARN,
         metadata={"cells": cells, "cells_with_age": aged, "share": round(share, 6), "threshold": MIN_AGE_SHARE},
-    )
+    ))
 
 
 @asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
@@ -77,20 +86,21 @@ def share_of_cells_with_age(context: AssetCheckExecutionContext, train_test_spli
 def empty_sentence_share(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
     facts = split_facts(train_test_splits)
     share = facts.empty_sentences / facts.total if facts.total else 0.0
-    return AssetCheckResult(
+    return _recorded(train_test_splits, "empty_sentence_share", AssetCheckResult(
         passed=share <= MAX_EMPTY_SHARE, severity=AssetCheckSeverity.WARN,
         metadata={"empty_sentences": facts.empty_sentences, "cells": facts.total, "share": round(share, 6), "threshold": MAX_EMPTY_SHARE},
-    )
+    ))
 
 
 @asset_check(asset=train_test_splits, partitions_def=datasets_partitions, blocking=True,
              description="Every chunk file is readable parquet with the expected columns and at most --chunk-size rows.")
 def chunk_files_readable(context: AssetCheckExecutionContext, train_test_splits: Path, settings: PipelineSettings) -> AssetCheckResult:
     facts = split_facts(train_test_splits, max_rows=settings.chunk_size)
-    return AssetCheckResult(
+    return _recorded(train_test_splits, "chunk_files_readable", AssetCheckResult(
         passed=not facts.schema_problems,
         metadata={"problems": len(facts.schema_problems), "first_problems": "; ".join(facts.schema_problems[:5]), "cells": facts.total},
-    )
+    ))
 
 
 ALL_CHECKS = [no_donor_in_both_splits, test_share_within_contract, share_of_cells_with_age, empty_sentence_share, chunk_files_readable]
+BLOCKING_CHECKS = tuple(spec.name for check in ALL_CHECKS for spec in check.check_specs if spec.blocking)

@@ -8,18 +8,22 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from scrna_assets.batch import run_batch, run_hgnc
 from scrna_assets.core.errors import InputError
 from scrna_assets.core.example import write_example
 from scrna_assets.inputs import datasets_by_name, h5ad_files
 from scrna_assets.partitions import dataset_name
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.run_liveness import fail_dead_runs
 from scrna_assets.runner import STEPS, PipelineRunner, StepResult, cli_instance
 from scrna_assets.summary import FAILED, RULE, DatasetOutcome, render_summary, write_summary
 
@@ -28,6 +32,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+FORK_HERE = __name__ == "__main__" or Path(sys.argv[0]).name == "preprocess"
+"""The ``preprocess`` process does no data work itself, so it may fork its dataset processes
+directly (see ``batch``); imported elsewhere (tests, notebooks), the CLI uses a forkserver."""
 
 STEP_FIGURES = {
     1: ("rows", "source"),
@@ -168,13 +176,20 @@ class EchoReporter:
         typer.echo(line)
 
 
+class StepReporter(EchoReporter):
+    """A step command's output: its step's banner and figures for each dataset, no file banners."""
+
+    def file(self, index: int, total: int, dataset: str) -> None:
+        pass
+
+
 def _fail_usage(message: str) -> None:
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(2)
 
 
-def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -> PipelineRunner:
-    """Validate every option up front; then the runner on the persistent instance."""
+def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -> PipelineSettings:
+    """Validate every option up front; then the settings every dataset process gets."""
     if options.batch_mode and target is not None:
         options.input_dir = target
     settings = options.settings(repo_per_dataset)
@@ -191,7 +206,7 @@ def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -
         _fail_usage("; ".join(problems))
     if options.token:
         os.environ["HF_TOKEN"] = options.token  # read by huggingface_hub itself; never in settings or logs
-    return PipelineRunner(settings, cli_instance(), debug=options.debug)
+    return settings
 
 
 def _input_files(target: Optional[Path], options: Options) -> list[Path]:
@@ -216,11 +231,14 @@ def _input_files(target: Optional[Path], options: Options) -> list[Path]:
     return [source.resolve()]
 
 
-def _finish(runner: PipelineRunner, outcomes: list[DatasetOutcome]) -> None:
-    s = runner.settings
+def _finish(s: PipelineSettings, outcomes: list[DatasetOutcome], started: datetime) -> None:
     directories = {"Input": s.input_dir, "Interim": s.interim_dir, "Output": s.output_dir, "Logs": s.log_dir}
     typer.echo("\n" + render_summary(outcomes, directories))
-    json_path, tsv_path = write_summary(outcomes, Path(s.log_dir))
+    try:
+        json_path, tsv_path = write_summary(outcomes, Path(s.log_dir), started)
+    except OSError as error:  # e.g. the log folder is full: one line, and the batch counts as failed
+        typer.echo(f"✗ The batch summary was not written: {error}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"Summary: {json_path} and {tsv_path}")
     raise typer.Exit(1 if any(o.status == FAILED for o in outcomes) else 0)
 
@@ -238,10 +256,11 @@ def run_all(
         typer.echo(f"Example dataset written to {h5ad}")
         target, options.offline, options.batch_mode = h5ad, True, False
         options.hgnc_file = options.hgnc_file or example_hgnc
-    runner = _prepare(options, target, repo_per_dataset=options.batch_mode)
+    started = datetime.now(timezone.utc)
+    settings = _prepare(options, target, repo_per_dataset=options.batch_mode)
     files = _input_files(target, options)
-    outcomes = runner.process_files(files, EchoReporter(), skip_existing=options.skip_existing)
-    _finish(runner, outcomes)
+    outcomes = run_batch(files, settings, EchoReporter(), skip_existing=options.skip_existing, debug=options.debug, fork_here=FORK_HERE)
+    _finish(settings, outcomes, started)
 
 
 def _step_command(step: int) -> Callable[..., None]:
@@ -252,24 +271,11 @@ def _step_command(step: int) -> Callable[..., None]:
         options: Options,
         target: Annotated[Optional[Path], typer.Argument(help="An h5ad file (its dataset), or a folder with --batch-mode.")] = None,
     ) -> None:
-        runner = _prepare(options, target, repo_per_dataset=options.batch_mode)
-        reporter = EchoReporter()
+        settings = _prepare(options, target, repo_per_dataset=options.batch_mode)
         if step == 1:
-            reporter.step(1, None)
-            result = runner.run_step(1)
-            reporter.step(1, result)
-            raise typer.Exit(0 if result.success else 1)
-        names, errors = datasets_by_name(_input_files(target, options))
-        for error in errors:
-            typer.echo(f"✗ {error}")
-        failed = bool(errors)
-        for name, path in sorted(names.items()):
-            runner.register(name)
-            reporter.step(step, None)
-            result = runner.run_step(step, name, path)
-            reporter.step(step, result)
-            failed |= not result.success
-        raise typer.Exit(1 if failed else 0)
+            raise typer.Exit(0 if run_hgnc(settings, StepReporter(), options.debug, FORK_HERE).success else 1)
+        outcomes = run_batch(_input_files(target, options), settings, StepReporter(), steps=(step,), debug=options.debug, fork_here=FORK_HERE)
+        raise typer.Exit(1 if any(o.status == FAILED for o in outcomes) else 0)
 
     command.__doc__ = f"Step {step} only: materialize {asset} ({title.lower()})."
     return command
@@ -293,7 +299,9 @@ def register(
     names, errors = datasets_by_name(files)
     for error in errors:
         typer.echo(f"✗ {error}", err=True)
-    runner = PipelineRunner(PipelineSettings.from_env(), cli_instance())
+    instance = cli_instance()
+    fail_dead_runs(instance)
+    runner = PipelineRunner(PipelineSettings.from_env(), instance)
     for name, path in names.items():
         runner.register(name)
         typer.echo(f"registered {name} <- {path}")

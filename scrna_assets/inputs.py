@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from scrna_assets.core.errors import InputError
@@ -42,3 +43,20 @@ def datasets_by_name(files: list[Path]) -> tuple[dict[str, Path], list[InputErro
             listed = ", ".join(p.name for p in group)
             errors += [InputError(p, f"dataset name {name!r} is shared by {listed}; rename one") for p in group]
     return unique, errors
+
+
+def readable_input(path: Path) -> Path:
+    """``path`` when it is a file this process can read; else one clear ``InputError`` (a dangling
+    symbolic link, a file that vanished, a folder, a file without read permission)."""
+    if path.is_symlink() and not path.exists():
+        raise InputError(path, f"is a symbolic link to {os.readlink(path)}, which does not exist")
+    if not path.exists():
+        raise InputError(path, "does not exist (moved or deleted after it was listed)")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an h5ad file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror})") from None
+    return path

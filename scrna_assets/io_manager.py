@@ -1,32 +1,37 @@
-"""The one IO manager: it owns the folder layout, publishes staged folders atomically and
-hands downstream assets the published folder (or a clear error when there is none)."""
+"""The one IO manager: it owns the folder layout, holds the dataset's lock for the whole run,
+publishes staged folders atomically and hands downstream assets the published folder (or a clear
+error when there is none)."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
-from dagster import ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
+from dagster import ConfigurableIOManager, Failure, InitResourceContext, InputContext, MetadataValue, OutputContext
+from pydantic import PrivateAttr
 
 from scrna_assets.core.parquet_io import chunk_files
-from scrna_assets.layout import INTERIM_ASSETS, OUTPUT_ASSET, DatasetLayout, publish, write_bytes_atomic
+from scrna_assets.dataset_lock import DatasetLock
+from scrna_assets.core.atomic_files import write_bytes_atomic
+from scrna_assets.layout import INTERIM_ASSETS, OUTPUT_ASSET, DatasetLayout
 from scrna_assets.logs import DatasetLog
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.run_liveness import process_tags
+
+
+PARTITION_TAG = "dagster/partition"
 
 
 @dataclass(frozen=True)
 class StagedFolder:
-    """A complete asset output, written to a staging folder and waiting to be published, with the
-    release of the dataset lock that the asset took and that publication ends."""
+    """A complete asset output, written to a staging folder and waiting to be published."""
 
     path: Path
-    release: Callable[[], None] = lambda: None
 
 
 def folder_metadata(folder: Path) -> dict[str, Any]:
@@ -42,6 +47,26 @@ def folder_metadata(folder: Path) -> dict[str, Any]:
 
 class DatasetIOManager(ConfigurableIOManager):
     settings: PipelineSettings
+    _lock: DatasetLock | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Take the lock of the run's dataset before its first step: it is held until the run ends,
+        so this run's publications and deletions (interim cleanup included) never meet another's.
+        A run that cannot have it fails here, having written and deleted nothing. The run is also
+        tagged with the process that executes it, so a run whose process dies can be found and
+        marked failed (``run_liveness``)."""
+        run = context.dagster_run
+        if run is not None and context.instance is not None:
+            context.instance.add_run_tags(run.run_id, process_tags())
+        dataset = run.tags.get(PARTITION_TAG) if run is not None else None
+        if dataset:
+            self._lock = self.layout.lock(dataset, run.run_id)
+            self._lock.acquire()
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def layout(self) -> DatasetLayout:
@@ -58,11 +83,7 @@ class DatasetIOManager(ConfigurableIOManager):
             return
         dataset = context.partition_key
         if isinstance(obj, StagedFolder):
-            final = self.layout.asset_dir(asset, dataset)
-            try:
-                publish(obj.path, final)
-            finally:
-                obj.release()
+            final = self.layout.publish(obj.path, asset, dataset)
             context.add_output_metadata(folder_metadata(final))
             if asset == OUTPUT_ASSET and not self.settings.keep_interim:
                 removed = self.layout.remove_dataset(dataset, INTERIM_ASSETS)

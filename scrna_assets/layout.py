@@ -6,7 +6,6 @@ renames it into place, so readers never see half a dataset and stale chunks neve
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import uuid
@@ -15,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from scrna_assets.dataset_lock import DatasetLock
 from scrna_assets.partitions import sanitize_name
 
 STAGING_PREFIX = ".staging-"
@@ -23,10 +23,6 @@ RETIRED_PREFIX = ".retired-"
 _SEP = "+"
 OUTPUT_ASSET = "train_test_splits"
 INTERIM_ASSETS = ("parquet_chunks", "aged_chunks")
-
-
-class DatasetBusyError(RuntimeError):
-    """Another run holds this dataset's lock."""
 
 
 def _check_dataset(dataset: str) -> str:
@@ -77,24 +73,16 @@ class DatasetLayout:
         _check_dataset(dataset)
         return self.log_dir / dataset
 
-    @contextmanager
-    def dataset_lock(self, dataset: str) -> Iterator[None]:
-        """Exclusive per-dataset lock (``flock``, released by the OS if the process dies), so two
-        runs of the same dataset never write at once: the second fails at once, clearly."""
-        lock_dir = self.interim_dir / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{_check_dataset(dataset)}.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise DatasetBusyError(
-                    f"dataset {dataset!r} is being processed by another run (lock {lock_dir / (dataset + '.lock')}); "
-                    "nothing was written, try again when it has finished"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def lock_file(self, dataset: str) -> Path:
+        return self.interim_dir / ".locks" / f"{_check_dataset(dataset)}.lock"
+
+    def lock(self, dataset: str, run_id: str = "") -> DatasetLock:
+        """The dataset's lock: every write and deletion of its folders happens while it is held."""
+        return DatasetLock(self.lock_file(dataset), dataset, run_id)
+
+    def _require_lock(self, dataset: str) -> None:
+        if not self.lock(dataset).held_here:
+            raise RuntimeError(f"{dataset!r}: folders are only changed by the run that holds the dataset's lock")
 
     # -- staging and publication ---------------------------------------------------------------
     def _staging_parent(self, asset: str, dataset: str) -> Path:
@@ -102,6 +90,7 @@ class DatasetLayout:
 
     def clear_stale_staging(self, asset: str, dataset: str) -> list[Path]:
         """Remove staging folders left by a crashed run of this asset and dataset."""
+        self._require_lock(dataset)
         parent = self._staging_parent(asset, dataset)
         patterns = (f"{STAGING_PREFIX}{dataset}{_SEP}*", f"{RETIRED_PREFIX}{dataset}{_SEP}*")
         stale = sorted(p for pattern in patterns for p in parent.glob(pattern)) if parent.exists() else []
@@ -124,6 +113,7 @@ class DatasetLayout:
 
     def remove_dataset(self, dataset: str, assets: tuple[str, ...] = (*INTERIM_ASSETS, OUTPUT_ASSET)) -> list[Path]:
         """Delete this dataset's folders of the given assets (and their staging); nothing else."""
+        self._require_lock(dataset)
         removed = []
         for asset in assets:
             self.clear_stale_staging(asset, dataset)
@@ -134,18 +124,18 @@ class DatasetLayout:
         return removed
 
 
-def publish(staging: Path, final: Path) -> None:
-    """Replace ``final`` with ``staging`` by renames: the old folder goes aside, then away."""
+    def publish(self, staging: Path, asset: str, dataset: str) -> Path:
+        """Replace the asset's folder with ``staging`` by renames: the old folder goes aside, then away."""
+        self._require_lock(dataset)
+        final = self.asset_dir(asset, dataset)
+        _replace_folder(staging, final)
+        return final
+
+
+def _replace_folder(staging: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     retired = final.with_name(f"{RETIRED_PREFIX}{final.name}{_SEP}{uuid.uuid4().hex[:12]}")
     if final.exists():
         os.replace(final, retired)
     os.replace(staging, final)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    partial.write_bytes(data)
-    os.replace(partial, path)

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from scrna_assets.core.atomic_files import append_text_atomic
+
 
 class DatasetLog:
     def __init__(self, folder: Path, dataset: str) -> None:
@@ -26,15 +28,13 @@ class DatasetLog:
             "message": message,
             "figures": figures,
         }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "pipeline.json", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str, sort_keys=False) + "\n")
+        # Whole lines or nothing: a full disk must not leave a torn JSON line in the log.
+        append_text_atomic(self.folder / "pipeline.json", json.dumps(record, default=str, sort_keys=False) + "\n")
         shown = " ".join(f"{k}={v}" for k, v in figures.items())
         line = f"{record['time']} {level:<7} [{self.dataset}] {step}: {event}"
         line += f" - {message}" if message else ""
         line += f" ({shown})" if shown else ""
-        with open(self.folder / "pipeline.log", "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        append_text_atomic(self.folder / "pipeline.log", line + "\n")
 
 
 class StepLog:

@@ -1,7 +1,9 @@
-"""What an output was made from: the input file's fingerprint and the processing parameters.
+"""What an output was made from, and what its checks said: the one test of "is work needed?".
 
-Written into every published folder (``provenance.json``) so ``--skip-existing`` can tell an
-up-to-date dataset from a stale one without reading any data.
+Every published folder holds ``provenance.json`` (the input file's fingerprint and the processing
+parameters); the output folder also gets ``checks.json`` (each check's outcome on that very
+publication: the folder is new at each publication). ``stale_reason`` reads them, without reading
+any data, for every entry point: ``--skip-existing`` and the sensor.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Any
 
 import polars as pl
 
+from scrna_assets.core.atomic_files import write_bytes_atomic
+from scrna_assets.layout import OUTPUT_ASSET, DatasetLayout
 from scrna_assets.resources import PipelineSettings
 
 PROVENANCE_FILE = "provenance.json"
+CHECKS_FILE = "checks.json"
 
 
 def input_fingerprint(path: Path) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def read_provenance(folder: Path) -> dict[str, Any] | None:
 
 
 def write_provenance(folder: Path, record: dict[str, Any]) -> None:
-    (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_bytes_atomic(folder / PROVENANCE_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def expected_output_provenance(source: Path, settings: PipelineSettings, hgnc_digest: str) -> dict[str, Any]:
@@ -79,6 +84,48 @@ def expected_output_provenance(source: Path, settings: PipelineSettings, hgnc_di
     }
 
 
-def is_up_to_date(output_folder: Path, expected: dict[str, Any]) -> bool:
-    found = read_provenance(output_folder)
-    return found is not None and all(found.get(key) == value for key, value in expected.items())
+def record_check(folder: Path, check: str, passed: bool, severity: str) -> None:
+    """Add one check's outcome to the published folder's ``checks.json``."""
+    try:
+        record = json.loads((folder / CHECKS_FILE).read_text())
+    except (OSError, ValueError):
+        record = {}
+    record[check] = {"passed": passed, "severity": severity}
+    write_bytes_atomic(folder / CHECKS_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+
+
+def stale_reason(
+    layout: DatasetLayout, dataset: str, source: Path, settings: PipelineSettings, hgnc_digest: str, blocking_checks: tuple[str, ...]
+) -> str | None:
+    """Why this dataset must be processed again, or None when its published output was made from
+    this very file version with these parameters, every blocking check passed on it, and it was
+    uploaded where the settings say."""
+    output = layout.asset_dir(OUTPUT_ASSET, dataset)
+    found = read_provenance(output)
+    if found is None:
+        return "no published output"
+    expected = expected_output_provenance(source, settings, hgnc_digest)
+    if found.get("input") != expected["input"]:
+        return "the output was made from another version of the file"
+    if found.get("parameters") != expected["parameters"]:
+        return "the output was made with other parameters"
+    try:
+        checks = json.loads((output / CHECKS_FILE).read_text())
+    except (OSError, ValueError):
+        checks = {}
+    for check in blocking_checks:
+        outcome = checks.get(check)
+        if outcome is None:
+            return f"check {check} has no outcome on the output"
+        if not outcome["passed"] and outcome["severity"] == "ERROR":
+            return f"blocking check {check} failed on the output"
+    if not settings.repo_id:
+        return None
+    try:
+        upload = json.loads(layout.upload_record(dataset).read_text())
+    except (OSError, ValueError):
+        return "not uploaded"
+    wanted = f"{settings.repo_id}-{dataset}" if settings.repo_per_dataset else settings.repo_id
+    if upload.get("status") != "uploaded" or upload.get("repo_id") != wanted:
+        return f"not uploaded to {wanted}"
+    return None

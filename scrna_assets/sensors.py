@@ -1,7 +1,10 @@
 """A sensor that turns every new or changed h5ad file in the input folder into a partition run.
 
-Files still being written (size or mtime changed since the last tick, or younger than the settle
-time) wait; bad names and name collisions are reported in the tick and never registered.
+Files still being written (size or mtime changed since the last tick, younger than the settle
+time, or shorter than their HDF5 superblock says) wait; bad names and name collisions are reported
+in the tick and never registered. A file whose published output is up to date (the same test as
+``--skip-existing``: ``provenance.stale_reason``) is not run again, whoever made that output.
+Each tick first marks failed the runs of this host whose process is gone.
 """
 
 import json
@@ -18,10 +21,15 @@ from dagster import (
     sensor,
 )
 
+from scrna_assets.checks import BLOCKING_CHECKS
+from scrna_assets.core.hdf5_superblock import incomplete_reason
 from scrna_assets.inputs import datasets_by_name, h5ad_files
 from scrna_assets.jobs import dataset_job, hgnc_job
+from scrna_assets.layout import DatasetLayout
 from scrna_assets.partitions import DATASETS_PARTITIONS_NAME, datasets_partitions
+from scrna_assets.provenance import mapping_digest, stale_reason
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.run_liveness import fail_dead_runs
 
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("SCRNA_SENSOR_INTERVAL", "30"))
 SETTLE_SECONDS = float(os.environ.get("SCRNA_SENSOR_SETTLE_SECONDS", "10"))
@@ -59,8 +67,31 @@ def evaluate_folder(
         if cursor.get("seen", {}).get(path.name) != current or age < settle_seconds:
             reasons.append(f"waiting for {path.name} to settle (still changing or younger than {settle_seconds:g} s)")
             continue
+        incomplete = incomplete_reason(path)
+        if incomplete:
+            reasons.append(f"waiting: {incomplete}")
+            continue
         ready.append((name, path, current))
     return ready, reasons, {"seen": seen, "sent": sent}
+
+
+def up_to_date_left_out(
+    ready: list[tuple[str, Path, str]], settings: PipelineSettings, reasons: list[str]
+) -> list[tuple[str, Path, str]]:
+    """The ready files whose outputs are stale; each up-to-date one gets a reason instead."""
+    layout = DatasetLayout.from_roots(settings.interim_dir, settings.output_dir, settings.log_dir)
+    if not ready or not layout.hgnc_mapping_file().exists():
+        return ready
+    import polars as pl
+
+    digest = mapping_digest(pl.read_parquet(layout.hgnc_mapping_file()))
+    stale = []
+    for name, path, current in ready:
+        if stale_reason(layout, name, path, settings, digest, BLOCKING_CHECKS) is None:
+            reasons.append(f"{name}: outputs are up to date (same input file and parameters)")
+        else:
+            stale.append((name, path, current))
+    return stale
 
 
 @sensor(
@@ -70,6 +101,8 @@ def evaluate_folder(
     description="Registers new or changed *.h5ad files in the input folder as partitions and runs them.",
 )
 def h5ad_file_sensor(context: SensorEvaluationContext, settings: PipelineSettings) -> SensorResult:
+    for run_id in fail_dead_runs(context.instance):
+        context.log.warning(f"marked run {run_id} failed: its process is gone")
     folder = Path(settings.input_dir)
     cursor = json.loads(context.cursor) if context.cursor else {}
     ready, reasons, new_cursor = evaluate_folder(folder, cursor, time.time(), SETTLE_SECONDS)
@@ -83,7 +116,7 @@ def h5ad_file_sensor(context: SensorEvaluationContext, settings: PipelineSetting
             cursor=json.dumps(new_cursor, sort_keys=True),
         )
     requests = []
-    for name, path, current in ready:
+    for name, path, current in up_to_date_left_out(ready, settings, reasons):
         requests.append(
             RunRequest(
                 run_key=f"{name}:{current}",

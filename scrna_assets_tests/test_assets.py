@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.runner import PipelineRunner, StepResult
+from scrna_assets_tests.inprocess import run_dataset_here
 
 EXAMPLE = "example_cellxgene"
 OUTPUT_COLUMNS = [
@@ -39,7 +40,7 @@ class Silent:
 def run(settings: PipelineSettings, instance, dataset: str, path: Path) -> list[StepResult]:
     runner = PipelineRunner(settings, instance)
     results = [runner.run_step(1)]
-    return results + runner.run_dataset(dataset, path, Silent())
+    return results + run_dataset_here(settings, instance, dataset, path, Silent())[0]
 
 
 def blake2b_64(text: str) -> int:
@@ -276,7 +277,7 @@ def test_materialization_metadata(example_files, make_settings, instance) -> Non
 def test_no_cell_with_an_age_succeeds_says_so_and_uploads_nothing(tmp_path: Path, make_settings, instance) -> None:
     """Every stage is `unknown`: the dataset succeeds with "no cell has an age: nothing to train on",
     its checks only warn, and hf_upload skips it even with a repository configured (no empty repo)."""
-    from scrna_assets.runner import _outcome
+    from scrna_assets.worker import outcome as dataset_outcome
 
     counts = sp.csr_matrix(np.array([[1, 2, 0], [0, 3, 3]], dtype=np.float32))
     obs = pd.DataFrame({"donor_id": pd.Categorical(["a", "b"]), "development_stage": pd.Categorical(["unknown", "unknown"])}, index=["c0", "c1"])
@@ -290,7 +291,7 @@ def test_no_cell_with_an_age_succeeds_says_so_and_uploads_nothing(tmp_path: Path
         "share_of_cells_with_age": "WARN", "test_share_within_contract": "WARN",
     }
     assert (results[4].figures["status"], results[4].figures["reason"]) == ("skipped", "no cell has an age: nothing to train on")
-    outcome = _outcome("ageless", path, results, 1.0)
+    outcome = dataset_outcome("ageless", path, results[1:])
     assert (outcome.status, outcome.message) == (
         "SUCCESS", "no cell has an age: nothing to train on; check warnings: share_of_cells_with_age, test_share_within_contract",
     )

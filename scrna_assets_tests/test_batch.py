@@ -125,6 +125,21 @@ def test_skip_existing_skips_only_up_to_date_datasets(batch_folder: Path, exampl
     assert "✓ second:" in changed.output
     new_parameters = invoke(*args, "--seed", "7")  # so are changed parameters
     assert "Total: 2  Succeeded: 2  Failed: 0  Skipped: 0" in new_parameters.output
+    summaries = sorted((batch_folder.parent / "logs").glob("batch_summary-*.json"))
+    assert len(summaries) == 4  # one per batch, none overwritten
+    assert (batch_folder.parent / "logs/batch_summary.json").read_bytes() == summaries[-1].read_bytes()
+
+
+def test_skip_existing_fails_a_dangling_symlink_in_one_line_and_goes_on(batch_folder: Path, example_files) -> None:
+    for bad in ("truncated.h5ad", "no_x.h5ad", "second.H5AD"):
+        (batch_folder / bad).unlink()
+    (batch_folder / "gone.h5ad").symlink_to(batch_folder / "moved-away.h5ad")
+    result = invoke("run-all", str(batch_folder), "--batch-mode", "--hgnc-file", str(example_files[1]), "--skip-existing")
+    assert result.exit_code == 1
+    problem = f"{batch_folder / 'gone.h5ad'}: is a symbolic link to {batch_folder / 'moved-away.h5ad'}, which does not exist"
+    assert f"✗ gone: step 2 (parquet_chunks): {problem}" in result.output
+    assert "Total: 2  Succeeded: 1  Failed: 1  Skipped: 0" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_colliding_names_are_both_refused(batch_folder: Path, example_files) -> None:

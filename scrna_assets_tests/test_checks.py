@@ -11,7 +11,8 @@ from dagster import build_asset_check_context
 
 from scrna_assets import checks
 from scrna_assets.checks import ALL_CHECKS
-from scrna_assets.runner import StepResult, _outcome
+from scrna_assets.runner import StepResult
+from scrna_assets.worker import outcome as dataset_outcome
 from scrna_assets_tests.test_assets import EXAMPLE, run
 
 
@@ -71,10 +72,10 @@ def test_warning_thresholds(published, monkeypatch) -> None:
 
 def test_failed_checks_reach_the_summary() -> None:
     ok = StepResult(4, "train_test_splits", True, figures={"train_cells": 5}, checks={"empty_sentence_share": "WARN", "no_donor_in_both_splits": "PASSED"})
-    warned = _outcome("d", Path("/in/d.h5ad"), [ok], 1.0)
+    warned = dataset_outcome("d", Path("/in/d.h5ad"), [ok])
     assert (warned.status, warned.message) == ("SUCCESS", "check warnings: empty_sentence_share")
     bad = StepResult(4, "train_test_splits", True, checks={"no_donor_in_both_splits": "ERROR", "empty_sentence_share": "WARN"})
-    failed = _outcome("d", Path("/in/d.h5ad"), [bad], 1.0)
+    failed = dataset_outcome("d", Path("/in/d.h5ad"), [bad])
     assert (failed.status, failed.message) == (
         "FAILED", "failed checks: no_donor_in_both_splits; check warnings: empty_sentence_share",
     )
@@ -94,7 +95,7 @@ def test_cell_mode_makes_the_donor_check_a_warning(example_files, make_settings,
     }
     note = "split by cell: cells of one donor may be in both splits (--split-by cell asked)"
     assert split.figures["split_note"] == note
-    outcome = _outcome(EXAMPLE, h5ad, results, 1.0)
+    outcome = dataset_outcome(EXAMPLE, h5ad, results)
     assert (outcome.status, outcome.message) == ("SUCCESS", f"{note}; check warnings: no_donor_in_both_splits")
     check = checks.no_donor_in_both_splits(build_asset_check_context(), Path(settings.output_dir) / EXAMPLE)
     assert (check.passed, check.severity.value, check.metadata["note"].value) == (False, "WARN", note)
@@ -122,7 +123,7 @@ def test_default_split_never_fails_its_own_checks_on_few_donors(tmp_path: Path, 
     assert [r.success for r in results] == [True] * 5
     assert (results[3].figures["split_by"], results[3].figures["donors_in_both"], results[3].figures["test_donors"]) == ("donor", 0, 1)
     assert set(results[3].checks.values()) == {"PASSED"}
-    assert _outcome("eighteen", path, results, 1.0).status == "SUCCESS"
+    assert dataset_outcome("eighteen", path, results).status == "SUCCESS"
 
 
 def test_cell_split_with_age_ranges_meets_its_contract_by_bounds(example_files, make_settings, instance) -> None:

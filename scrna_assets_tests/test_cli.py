@@ -131,3 +131,96 @@ def test_real_cellxgene_file_with_default_options_succeeds(shared_data: Path, in
     loaded = datasets.load_dataset(str(in_tmp / "data/output" / name), cache_dir=str(in_tmp / "hf-cache"))
     assert {split: part.num_rows for split, part in loaded.items()} == {"train": 500}
     assert set(loaded["train"]["age"]) == {23.0} and set(loaded["train"]["age_max"]) == {24.0}
+
+
+# --- A full disk, end to end: the real console script in a private mount namespace -------------
+
+MARK = "@@ files left on the tmpfs @@"
+
+
+def run_cli_on_small_tmpfs(root: Path, folder: Path, size_kib: int, *args: str) -> tuple[int, str, str, list[str]]:
+    """Run ``preprocess *args`` in ``root`` (fresh environment) with a ``size_kib`` KiB tmpfs on
+    ``folder``: its exit code, stdout, stderr, and what it left on the tmpfs (sorted paths
+    relative to ``folder``, folders included). The tmpfs vanishes with the namespace, so the list
+    is taken inside it by the same shell, right after the CLI has exited."""
+    from scrna_assets_tests.disk_full import SKIP_REASON, disk_full_supported, run_on_small_tmpfs
+
+    if not disk_full_supported():
+        pytest.skip(SKIP_REASON)
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRNA_", "DAGSTER_HOME", "HF_"))}
+    script = f'"$@"; code=$?; printf "\\n%s\\n" "{MARK}"; cd "$0" && find . -mindepth 1; exit $code'
+    command = ["sh", "-c", script, str(folder), str(Path(sys.executable).parent / "preprocess"), *args]
+    done = run_on_small_tmpfs(folder, size_kib, command, cwd=root, env=env, timeout=600)
+    stdout, mark, listing = done.stdout.rpartition(MARK)
+    assert mark, f"the shell never listed the tmpfs ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    left = sorted(line.removeprefix("./") for line in listing.splitlines() if line.strip())
+    return done.returncode, stdout, done.stderr, left
+
+
+def no_partial_files(paths: list[str]) -> list[str]:
+    """Temporary files and staging folders: a failed write must leave none of them."""
+    return [p for p in paths if p.endswith(".tmp") or any(part.startswith(".staging-") for part in p.split("/"))]
+
+
+def partial_files_on_disk(root: Path) -> list[str]:
+    return no_partial_files([str(p.relative_to(root)) for p in root.rglob("*")])
+
+
+def test_log_folder_full_at_the_summary_exits_1_with_one_line(tmp_path: Path) -> None:
+    """8 KiB = two tmpfs pages: the dataset's pipeline.json (~2.8 KB) and pipeline.log (~1.9 KB)
+    take one page each, so all five steps succeed and the disk is full exactly when the batch
+    summary is written at the end of the run (4 KiB fails earlier, in step 2; see the next test).
+    The summary's files go away again (its reserved name too): only the dataset's logs are left."""
+    logs = tmp_path / "logs"
+    code, stdout, stderr, left = run_cli_on_small_tmpfs(tmp_path, logs, 8, "run-all", "--example")
+    output = stdout + stderr
+    assert code == 1, output
+    assert "Traceback" not in output
+    assert stderr.splitlines() == [f"✗ The batch summary was not written: no space left in {logs} (the disk or quota is full)"]
+    assert output.count("no space left") == 1  # one message, naming the full folder
+    assert "✓ example_cellxgene: 3000 cells, 2744 with age, train 2599 / test 145 (" in stdout
+    assert "Summary: " not in stdout
+    assert left == ["example_cellxgene", "example_cellxgene/pipeline.json", "example_cellxgene/pipeline.log"]
+    assert partial_files_on_disk(tmp_path) == []
+    assert (tmp_path / "data/output/example_cellxgene/train/chunks").is_dir()  # the dataset itself was published
+
+
+def test_log_folder_full_during_a_step_fails_the_dataset_naming_the_folder(tmp_path: Path) -> None:
+    """4 KiB = one tmpfs page: step 2's first log line takes it (pipeline.json), so its second one
+    (pipeline.log, created then removed again) hits ENOSPC while step 2 runs; the dataset fails,
+    naming its log folder, and the summary cannot be written either."""
+    logs = tmp_path / "logs"
+    code, stdout, stderr, left = run_cli_on_small_tmpfs(tmp_path, logs, 4, "run-all", "--example")
+    output = stdout + stderr
+    assert code == 1, output
+    assert "Traceback" not in output and "internal error" not in output, output
+    full = f"no space left in {logs / 'example_cellxgene'} (the disk or quota is full)"
+    assert f"✗ Step 2 failed: example_cellxgene: parquet_chunks: {full}" in stdout.splitlines()
+    assert f"✗ example_cellxgene: step 2 (parquet_chunks): example_cellxgene: parquet_chunks: {full}" in stdout.splitlines()
+    assert stderr.splitlines() == [f"✗ The batch summary was not written: no space left in {logs} (the disk or quota is full)"]
+    assert no_partial_files(left) == [] and "example_cellxgene/pipeline.log" not in left
+    assert partial_files_on_disk(tmp_path) == []
+    assert not (tmp_path / "data/output/example_cellxgene").exists()
+    assert not (tmp_path / "data/interim/parquet_chunks/example_cellxgene").exists()
+
+
+def test_interim_folder_full_during_conversion_fails_the_dataset_naming_the_folder(tmp_path: Path) -> None:
+    """256 KiB: the lock and the HGNC mapping take a page each, the first of six ~150 KB chunk
+    files (500 cells each) fits, the second does not: the disk fills in the middle of step 2."""
+    interim = tmp_path / "data/interim"
+    code, stdout, stderr, left = run_cli_on_small_tmpfs(tmp_path, interim, 256, "run-all", "--example", "--chunk-size", "500")
+    output = stdout + stderr
+    assert code == 1, output
+    assert "Traceback" not in output and "internal error" not in output, output
+    import re
+
+    line = next((l for l in stdout.splitlines() if l.startswith("✗ example_cellxgene: ")), "")
+    pattern = rf"✗ example_cellxgene: step 2 \(parquet_chunks\): example_cellxgene: parquet_chunks: no space left in {re.escape(str(interim))}(/\S+)? \(the disk or quota is full\)"
+    assert re.fullmatch(pattern, line), output
+    assert no_partial_files(left) == [], left
+    assert not [p for p in left if p.startswith(("parquet_chunks/", "aged_chunks/"))], left  # nothing of the dataset's chunks
+    assert partial_files_on_disk(tmp_path) == []
+    assert not (tmp_path / "data/output/example_cellxgene").exists()

@@ -71,14 +71,15 @@ class Recorder:
 
 
 def run_example(example_files, make_settings, instance, **settings: object):
-    from scrna_assets.runner import PipelineRunner, _outcome
+    from scrna_assets.runner import PipelineRunner
+    from scrna_assets_tests.inprocess import run_dataset_here
 
     h5ad, hgnc = example_files
-    runner = PipelineRunner(make_settings(hgnc_file=str(hgnc), **settings), instance)
-    assert runner.run_step(1).success
+    pipeline = make_settings(hgnc_file=str(hgnc), **settings)
+    assert PipelineRunner(pipeline, instance).run_step(1).success
     reporter = Recorder()
-    results = runner.run_dataset("example_cellxgene", h5ad, reporter)
-    return results, reporter.lines, _outcome("example_cellxgene", h5ad, results, 1.0)
+    results, outcome = run_dataset_here(pipeline, instance, "example_cellxgene", h5ad, reporter)
+    return results, reporter.lines, outcome
 
 
 def test_steps_are_reported_as_they_run_in_one_run(example_files, make_settings, instance) -> None:

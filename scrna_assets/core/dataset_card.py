@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from scrna_assets.core.atomic_files import write_bytes_atomic
+
 CARD_FILE = "README.md"
 SPLIT_DIRS = {"train": "train/chunks", "test": "test/chunks"}
 UNSPLIT_DIR = "chunks"
@@ -343,5 +345,5 @@ dataset = load_dataset("{where}")
 def write_dataset_card(folder: Path, details: dict[str, Any], name: str) -> Path:
     """``folder/README.md``, so ``datasets.load_dataset(folder)`` loads the splits the card declares."""
     path = folder / CARD_FILE
-    path.write_text(str(dataset_card(folder, details, name=name)), encoding="utf-8")
+    write_bytes_atomic(path, str(dataset_card(folder, details, name=name)).encode("utf-8"))
     return path

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import polars as pl
+
+from scrna_assets.core.atomic_files import write_bytes_atomic
 
 HGNC_URL = "https://storage.googleapis.com/public-download-files/hgnc/tsv/tsv/hgnc_complete_set.txt"
 MAPPING_SCHEMA = {"ensembl_gene_id": pl.String, "symbol": pl.String}
@@ -47,21 +48,22 @@ def read_hgnc_table(path: str | Path) -> pl.DataFrame:
 
 
 def download_hgnc(destination: Path, url: str = HGNC_URL, timeout: float = 30.0) -> Path:
-    """Download the HGNC complete set to ``destination`` atomically (temp file, then rename)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.name}.{os.getpid()}.part")
-    try:
-        received = 0
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-            expected = response.headers.get("Content-Length")
-            while block := response.read(1 << 20):
-                out.write(block)
-                received += len(block)
-        if expected is not None and received != int(expected):
-            raise OSError(f"HGNC download from {url} was cut short ({received} of {expected} bytes)")
-        os.replace(partial, destination)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Download the HGNC complete set to ``destination`` atomically.
+
+    The body (~15 MB) is read into memory and checked against Content-Length first, so a dropped
+    connection never touches the disk; then ``write_bytes_atomic`` puts it in place (no temp file
+    survives a full disk, and a failed write is a ``WriteError`` naming the folder).
+    """
+    blocks: list[bytes] = []
+    received = 0
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        expected = response.headers.get("Content-Length")
+        while block := response.read(1 << 20):
+            blocks.append(block)
+            received += len(block)
+    if expected is not None and received != int(expected):
+        raise OSError(f"HGNC download from {url} was cut short ({received} of {expected} bytes)")
+    write_bytes_atomic(destination, b"".join(blocks))
     return destination
 
 

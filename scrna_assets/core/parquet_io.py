@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from scrna_assets.core.atomic_files import WriteError
 
 PARQUET_CODECS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")
 CHUNK_GLOB = "chunk_*.parquet"
@@ -55,8 +58,12 @@ def write_chunk_file(table: pa.Table, path: Path, compression: str) -> None:
     """One chunk file: the table as one row group, written from its chunks as they are (making
     them contiguous first would copy the whole chunk). Page boundaries follow the in-memory
     chunks, so the bytes depend on the rows and on how they were cut, which the input and the
-    settings fix: reruns are byte-identical."""
-    pq.write_table(table, path, compression=compression)
+    settings fix: reruns are byte-identical. A failed write (disk full) names the file: Arrow's
+    own error does not."""
+    try:
+        pq.write_table(table, path, compression=compression)
+    except OSError as error:
+        raise WriteError(error.errno or errno.EIO, error.strerror or str(error), str(path)) from error
     _release_freed_memory()
 
 

@@ -870,6 +870,14 @@ def load_compiled(indices_dtype: np.dtype | type = np.int32, tie_break: str = DE
     return thread
 
 
+def load_all_compiled() -> None:
+    """Load every compiled loop ``build`` may call, here and now (no thread: a process about to
+    fork must have none running)."""
+    for indices_dtype in (np.int32, np.int64):
+        for tie_break in TIE_BREAKS:
+            _call_compiled(np.dtype(indices_dtype), tie_break)
+
+
 def _call_compiled(indices_dtype: np.dtype, tie_break: str = DEFAULT_TIE_BREAK) -> None:
     """The ranking loop of ``tie_break`` and the string loop on a one-row, one-gene CSR with the
     argument types ``build`` passes."""

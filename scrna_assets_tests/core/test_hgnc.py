@@ -250,3 +250,45 @@ def test_resolve_truncated_download(tmp_path: Path, http_base: str, monkeypatch:
     assert (table.height, source) == (0, "none")
     assert warning is not None and "HGNC download failed" in warning
     assert not cache.exists()
+
+
+# -- download_hgnc onto a full disk (a 64 KiB tmpfs) ----------------------------------------------
+
+FULL_DISK_CHILD = """
+import json, sys
+from pathlib import Path
+from scrna_assets.core.atomic_files import WriteError
+from scrna_assets.core.hgnc import download_hgnc
+
+folder, url = Path(sys.argv[1]), sys.argv[2]
+cache = folder / "hgnc_complete_set.txt"
+cache.write_text("old cache\\n")
+try:
+    download_hgnc(cache, url=url, timeout=5)
+    report = {"raised": None}
+except WriteError as error:
+    report = {"raised": str(error)}
+report["files"] = sorted(p.name for p in folder.iterdir())
+report["cache"] = cache.read_text()
+print(json.dumps(report))
+"""
+
+
+def test_download_onto_full_disk_keeps_previous_cache(tmp_path: Path) -> None:
+    """A 200 kB download into 64 KiB: a WriteError naming the folder, no temp file, old cache untouched."""
+    from scrna_assets_tests.disk_full import SKIP_REASON, disk_full_supported, run_python_on_small_tmpfs
+
+    if not disk_full_supported():
+        pytest.skip(SKIP_REASON)
+    rows = [(f"HGNC:{i}", f"G{i}", "a gene name long enough to fill the disk", f"ENSG{i:011d}") for i in range(2500)]
+    source = tmp_path / "source.txt"
+    source.write_bytes(tsv_bytes(rows))
+    assert len(tsv_bytes(rows)) > 150_000
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    report = run_python_on_small_tmpfs(cache_dir, 64, FULL_DISK_CHILD, source.as_uri())
+    assert report == {
+        "raised": f"no space left in {cache_dir} (the disk or quota is full)",
+        "files": ["hgnc_complete_set.txt"],
+        "cache": "old cache\n",
+    }
