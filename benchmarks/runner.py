@@ -17,7 +17,7 @@ from benchmarks.check import check_output
 from benchmarks.machine import load_average, machine_info
 from benchmarks.measure import Measurement, run_measured
 from scrna_assets.core.sentences import DEFAULT_SEED, DEFAULT_TIE_BREAK
-from scrna_assets.partitions import dataset_name
+from scrna_assets.dataset_names import dataset_name
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -16,6 +16,7 @@ from dagster import (
     asset,
 )
 
+from scrna_assets.asset_metadata import CODE_VERSIONS, KINDS, age_chart
 from scrna_assets.core.add_age import add_ages
 from scrna_assets.core.atomic_files import write_failure_message
 from scrna_assets.core.convert import convert_h5ad
@@ -39,7 +40,9 @@ from scrna_assets.provenance import (
     split_parameters,
     write_provenance,
 )
+from scrna_assets.progress import chunk_reporter
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.steps import AGED_CHUNKS, HF_UPLOAD, HGNC_MAPPER, PARQUET_CHUNKS, TRAIN_TEST_SPLITS
 
 GROUP = "cell_sentences"
 
@@ -98,7 +101,10 @@ def _staging(layout: DatasetLayout, asset: str, dataset: str) -> Iterator[Path]:
         raise Failure(description=f"{dataset}: {error}", allow_retries=False) from error  # e.g. ages of other chunks
 
 
-@asset(group_name=GROUP, description="Ensembl gene id -> HGNC approved symbol (downloaded, cached, or from --hgnc-file).")
+@asset(
+    group_name=GROUP, kinds=KINDS[HGNC_MAPPER], code_version=CODE_VERSIONS[HGNC_MAPPER],
+    description="Ensembl gene id -> HGNC approved symbol (downloaded, cached, or from --hgnc-file).",
+)
 def hgnc_mapper(context: AssetExecutionContext, settings: PipelineSettings) -> Output[pl.DataFrame]:
     layout = _layout(settings)
     mapping, source, warning = resolve_hgnc_mapping(settings.hgnc_file, layout.hgnc_download_cache(), settings.offline)
@@ -107,16 +113,19 @@ def hgnc_mapper(context: AssetExecutionContext, settings: PipelineSettings) -> O
     return Output(mapping, metadata={"rows": mapping.height, "source": source, "warning": warning or ""})
 
 
-@asset(group_name=GROUP, partitions_def=datasets_partitions, description="Cell sentences and obs columns, one parquet file per chunk of cells.")
+@asset(
+    group_name=GROUP, kinds=KINDS[PARQUET_CHUNKS], code_version=CODE_VERSIONS[PARQUET_CHUNKS],
+    partitions_def=datasets_partitions, description="Cell sentences and obs columns, one parquet file per chunk of cells.",
+)
 def parquet_chunks(
     context: AssetExecutionContext, config: ConvertConfig, settings: PipelineSettings, hgnc_mapper: pl.DataFrame
 ) -> Output[StagedFolder]:
     dataset = context.partition_key
     layout = _layout(settings)
-    with _dataset_step(settings, dataset, "parquet_chunks") as step:
+    with _dataset_step(settings, dataset, PARQUET_CHUNKS) as step:
         source = readable_input(Path(config.h5ad_path) if config.h5ad_path else find_dataset_file(Path(settings.input_dir), dataset))
         started = time.perf_counter()
-        with _staging(layout, "parquet_chunks", dataset) as staging:
+        with _staging(layout, PARQUET_CHUNKS, dataset) as staging:
             before = _fingerprint(source)
             result = convert_h5ad(
                 source,
@@ -129,6 +138,7 @@ def parquet_chunks(
                 settings.matrix,
                 seed=settings.seed,
                 tie_break=settings.tie_break,
+                progress=chunk_reporter(PARQUET_CHUNKS, context.log.info),
             )
             if _fingerprint(source) != before:
                 raise InputError(source, "changed while being read (size or mtime differ); nothing was published")
@@ -154,14 +164,19 @@ def parquet_chunks(
     return Output(StagedFolder(staging), metadata=metadata)
 
 
-@asset(group_name=GROUP, partitions_def=datasets_partitions, description="The donor age in years of every cell (cell_id, age), one file per parquet_chunks file.")
+@asset(
+    group_name=GROUP, kinds=KINDS[AGED_CHUNKS], code_version=CODE_VERSIONS[AGED_CHUNKS],
+    partitions_def=datasets_partitions, description="The donor age in years of every cell (cell_id, age), one file per parquet_chunks file.",
+)
 def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parquet_chunks: Path) -> Output[StagedFolder]:
     dataset = context.partition_key
     layout = _layout(settings)
-    with _dataset_step(settings, dataset, "aged_chunks") as step:
+    with _dataset_step(settings, dataset, AGED_CHUNKS) as step:
         started = time.perf_counter()
-        with _staging(layout, "aged_chunks", dataset) as staging:
-            result = add_ages(parquet_chunks / "chunks", staging / "chunks", settings.compression)
+        with _staging(layout, AGED_CHUNKS, dataset) as staging:
+            result = add_ages(
+                parquet_chunks / "chunks", staging / "chunks", settings.compression, progress=chunk_reporter(AGED_CHUNKS, context.log.info)
+            )
             record = read_provenance(parquet_chunks) or {}
             record.setdefault("figures", {}).update(
                 cells_with_age=result.with_age, cells_without_age=result.without_age, age_label_kinds=result.label_kinds,
@@ -177,18 +192,23 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
         if result.unparsed_labels:
             step.figures["stages_without_age"] = result.unparsed_labels
     histogram = "\n".join(["| age (years) | cells |", "|---|---|"] + [f"| {a:g} | {n} |" for a, n in result.age_counts.items()])
-    return Output(StagedFolder(staging), metadata=dict(step.figures, age_histogram=MetadataValue.md(histogram)))
+    return Output(StagedFolder(staging), metadata=dict(
+        step.figures, age_histogram=MetadataValue.md(histogram), age_chart=MetadataValue.md(age_chart(result.age_counts)),
+    ))
 
 
-@asset(group_name=GROUP, partitions_def=datasets_partitions, description="Cells with an age, with their age, split into train/test (or one chunks/ folder with --skip-train-test-split).")
+@asset(
+    group_name=GROUP, kinds=KINDS[TRAIN_TEST_SPLITS], code_version=CODE_VERSIONS[TRAIN_TEST_SPLITS],
+    partitions_def=datasets_partitions, description="Cells with an age, with their age, split into train/test (or one chunks/ folder with --skip-train-test-split).",
+)
 def train_test_splits(
     context: AssetExecutionContext, settings: PipelineSettings, parquet_chunks: Path, aged_chunks: Path
 ) -> Output[StagedFolder]:
     dataset = context.partition_key
     layout = _layout(settings)
-    with _dataset_step(settings, dataset, "train_test_splits") as step:
+    with _dataset_step(settings, dataset, TRAIN_TEST_SPLITS) as step:
         started = time.perf_counter()
-        with _staging(layout, "train_test_splits", dataset) as staging:
+        with _staging(layout, TRAIN_TEST_SPLITS, dataset) as staging:
             if settings.skip_train_test_split:  # every aged cell into <name>/chunks/
                 train_folder, test_folder = staging / "chunks", None
             else:
@@ -201,6 +221,7 @@ def train_test_splits(
                 parquet_chunks / "chunks", aged_chunks / "chunks", train_folder, test_folder, settings.test_size, settings.seed,
                 settings.split_by, settings.compression, settings.chunk_size,
                 include_age_ranges=settings.include_age_ranges, primary_only=settings.primary_only,
+                progress=chunk_reporter(TRAIN_TEST_SPLITS, context.log.info),
             )
             split_figures = {
                 "split_by": result.mode, "split_note": result.mode_note,
@@ -223,10 +244,13 @@ def train_test_splits(
     return Output(StagedFolder(staging), metadata=dict(step.figures))
 
 
-@asset(group_name=GROUP, partitions_def=datasets_partitions, description="The split dataset on the HuggingFace Hub (skipped without --repo-id).")
+@asset(
+    group_name=GROUP, kinds=KINDS[HF_UPLOAD], code_version=CODE_VERSIONS[HF_UPLOAD],
+    partitions_def=datasets_partitions, description="The split dataset on the HuggingFace Hub (skipped without --repo-id).",
+)
 def hf_upload(context: AssetExecutionContext, settings: PipelineSettings, train_test_splits: Path) -> Output[dict]:
     dataset = context.partition_key
-    with _dataset_step(settings, dataset, "hf_upload") as step:
+    with _dataset_step(settings, dataset, HF_UPLOAD) as step:
         splits = published_splits(train_test_splits)
         if not settings.repo_id:
             record = {"status": "skipped", "reason": "no repository configured (--repo-id or SCRNA_REPO_ID)"}

@@ -22,12 +22,13 @@ from typing import Protocol
 
 from scrna_assets.dataset_lock import DatasetBusyError
 from scrna_assets.inputs import datasets_by_name
-from scrna_assets.partitions import dataset_name
+from scrna_assets.dataset_names import dataset_name
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.run_liveness import fail_dead_runs, mark_run_failed
-from scrna_assets.runner import STEPS, StepResult, cli_instance
+from scrna_assets.runner import StepResult, cli_instance
+from scrna_assets.steps import BY_NUMBER, DATASET_STEPS
 from scrna_assets.summary import FAILED, DatasetOutcome
-from scrna_assets.worker import DATASET_STEPS, DatasetTask, discard_partial, run_task
+from scrna_assets.worker import DatasetTask, discard_partial, run_task
 
 WARM_START = "scrna_assets.warm_start"
 
@@ -47,6 +48,8 @@ class Reporter(Protocol):
     def file(self, index: int, total: int, dataset: str) -> None: ...
 
     def step(self, step: int, result: StepResult | None) -> None: ...
+
+    def progress(self, step: int, done: int, total: int) -> None: ...
 
     def note(self, line: str) -> None: ...
 
@@ -87,6 +90,8 @@ class Batch:
             if message[0] == "step":
                 running = message[1] if message[2] is None else None
                 self.reporter.step(message[1], message[2])
+            elif message[0] == "progress":
+                self.reporter.progress(*message[1:])
             elif message[0] == "note":
                 self.reporter.note(message[1])
             else:
@@ -99,7 +104,7 @@ class Batch:
         """The record after a dataset process died: its Dagster run marked failed at once, its
         partial interim removed under the lock (unless another run has taken the dataset since)."""
         step = running or task.steps[0]
-        result = StepResult(step, STEPS[step][0], False, crash_message(exitcode))
+        result = StepResult(step, BY_NUMBER[step].asset, False, crash_message(exitcode))
         self.reporter.step(step, result)
         mark_run_failed(self.instance, task.run_id, f"the dataset process {crash_message(exitcode)}")
         if task.dataset and task.steps == DATASET_STEPS:

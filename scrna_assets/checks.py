@@ -1,6 +1,5 @@
 """Partitioned asset checks on the published train/test data: each reads only its partition."""
 
-import os
 import warnings
 from pathlib import Path
 
@@ -12,13 +11,14 @@ from scrna_assets.core.split import NOTHING_TO_TRAIN_ON
 from scrna_assets.partitions import datasets_partitions
 from scrna_assets.provenance import read_provenance, record_check
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.settings import Settings
 
 # Partitioned checks are a preview feature of Dagster 1.13; they are what lets a check read only its
 # own partition, so we use them and keep the notice out of every command's output.
 warnings.filterwarnings("ignore", category=PreviewWarning, message=".*partitions_def on an AssetCheckSpec.*")
 
-MIN_AGE_SHARE = float(os.environ.get("SCRNA_MIN_AGE_SHARE", "0.5"))
-MAX_EMPTY_SHARE = float(os.environ.get("SCRNA_MAX_EMPTY_SHARE", "0.05"))
+MIN_AGE_SHARE = Settings.model_fields["min_age_share"].default
+MAX_EMPTY_SHARE = Settings.model_fields["max_empty_share"].default
 
 
 def _recorded(folder: Path, check: str, result: AssetCheckResult) -> AssetCheckResult:
@@ -71,24 +71,24 @@ def test_share_within_contract(context: AssetCheckExecutionContext, train_test_s
 
 @asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
              description=f"At least SCRNA_MIN_AGE_SHARE (default {MIN_AGE_SHARE:g}) of the cells read have an age.")
-def share_of_cells_with_age(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
+def share_of_cells_with_age(context: AssetCheckExecutionContext, train_test_splits: Path, settings: PipelineSettings) -> AssetCheckResult:
     _, figures = _provenance(train_test_splits)
     cells, aged = figures.get("cells", 0), figures.get("cells_with_age", 0)
     share = aged / cells if cells else 0.0
     return _recorded(train_test_splits, "share_of_cells_with_age", AssetCheckResult(
-        passed=share >= MIN_AGE_SHARE, severity=AssetCheckSeverity.WARN,
-        metadata={"cells": cells, "cells_with_age": aged, "share": round(share, 6), "threshold": MIN_AGE_SHARE},
+        passed=share >= settings.min_age_share, severity=AssetCheckSeverity.WARN,
+        metadata={"cells": cells, "cells_with_age": aged, "share": round(share, 6), "threshold": settings.min_age_share},
     ))
 
 
 @asset_check(asset=train_test_splits, partitions_def=datasets_partitions,
              description=f"At most SCRNA_MAX_EMPTY_SHARE (default {MAX_EMPTY_SHARE:g}) of the cells have an empty sentence.")
-def empty_sentence_share(context: AssetCheckExecutionContext, train_test_splits: Path) -> AssetCheckResult:
+def empty_sentence_share(context: AssetCheckExecutionContext, train_test_splits: Path, settings: PipelineSettings) -> AssetCheckResult:
     facts = split_facts(train_test_splits)
     share = facts.empty_sentences / facts.total if facts.total else 0.0
     return _recorded(train_test_splits, "empty_sentence_share", AssetCheckResult(
-        passed=share <= MAX_EMPTY_SHARE, severity=AssetCheckSeverity.WARN,
-        metadata={"empty_sentences": facts.empty_sentences, "cells": facts.total, "share": round(share, 6), "threshold": MAX_EMPTY_SHARE},
+        passed=share <= settings.max_empty_share, severity=AssetCheckSeverity.WARN,
+        metadata={"empty_sentences": facts.empty_sentences, "cells": facts.total, "share": round(share, 6), "threshold": settings.max_empty_share},
     ))
 
 

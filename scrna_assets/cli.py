@@ -1,6 +1,8 @@
 """`preprocess`: run the Dagster assets from the shell, for one file or a whole folder.
 
-Every command shares the pipeline options; each runs the same assets as the UI does.
+Every command shares the pipeline options, generated from ``settings.Settings``; each runs the same
+assets as the UI does. Importing this module loads no Dagster, numba, anndata or pyarrow: they
+load when work starts, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -13,19 +15,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from scrna_assets.batch import run_batch, run_hgnc
 from scrna_assets.core.errors import InputError
-from scrna_assets.core.example import write_example
 from scrna_assets.inputs import datasets_by_name, h5ad_files
-from scrna_assets.partitions import dataset_name
-from scrna_assets.resources import PipelineSettings
-from scrna_assets.run_liveness import fail_dead_runs
-from scrna_assets.runner import STEPS, PipelineRunner, StepResult, cli_instance
+from scrna_assets.progress import StepProgress
+from scrna_assets.settings import Settings, SettingsError, env_name, option_name, role
+from scrna_assets.steps import BY_NUMBER, STEPS
 from scrna_assets.summary import FAILED, RULE, DatasetOutcome, render_summary, write_summary
+
+if TYPE_CHECKING:
+    from scrna_assets.runner import StepResult
 
 app = typer.Typer(
     help="Turn CellxGene h5ad files into cell-sentence datasets (Dagster assets).",
@@ -44,90 +46,33 @@ STEP_FIGURES = {
     4: ("split_by", "train_cells", "test_cells", "test_share", "train_donors", "test_donors", "donors_in_both"),
     5: ("status", "reason", "repo_id"),
 }
+OPTION_SETTINGS = tuple(name for name in Settings.model_fields if role(name).option)
 
 
 @dataclass
 class Options:
-    """The options every command takes (the seed's, plus --seed, --split-by, --matrix, --hgnc-file)."""
+    """The settings given on the command line (the others come from SCRNA_* variables or the
+    defaults), and the options of the command itself."""
 
-    input_dir: Path
-    interim_dir: Path
-    output_dir: Path
-    log_dir: Path
-    chunk_size: int
-    top_genes: int
-    compression: str
-    test_size: float
-    seed: int
-    split_by: str
-    tie_break: str
-    include_age_ranges: bool
-    primary_only: bool
-    license: str
-    matrix: str
-    hgnc_file: Optional[Path]
-    offline: bool
-    skip_train_test_split: bool
-    keep_interim: bool
+    given: dict[str, Any]
     skip_existing: bool
     batch_mode: bool
-    repo_id: Optional[str]
     token: Optional[str]
-    private: bool
     debug: bool
 
-    def settings(self, repo_per_dataset: bool) -> PipelineSettings:
-        return PipelineSettings(
-            input_dir=str(self.input_dir.resolve()),
-            interim_dir=str(self.interim_dir.resolve()),
-            output_dir=str(self.output_dir.resolve()),
-            log_dir=str(self.log_dir.resolve()),
-            chunk_size=self.chunk_size,
-            top_genes=self.top_genes,
-            compression=self.compression,
-            test_size=self.test_size,
-            seed=self.seed,
-            split_by=self.split_by,
-            tie_break=self.tie_break,
-            include_age_ranges=self.include_age_ranges,
-            primary_only=self.primary_only,
-            license=self.license,
-            matrix=self.matrix,
-            hgnc_file=str(self.hgnc_file.resolve()) if self.hgnc_file else None,
-            offline=self.offline,
-            skip_train_test_split=self.skip_train_test_split,
-            keep_interim=self.keep_interim,
-            repo_id=self.repo_id,
-            repo_per_dataset=repo_per_dataset,
-            private=self.private,
-        )
+
+def _setting_parameter(name: str) -> inspect.Parameter:
+    """A Typer option for one setting: its help, choices, default and variable, from the model."""
+    field = Settings.model_fields[name]
+    declarations = ["--private/--public"] if name == "private" else []
+    option = typer.Option(*declarations, help=field.description, envvar=env_name(name), show_envvar=True)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[field.annotation, option], default=field.default)
 
 
-_OPTION_PARAMETERS = [
-    ("input_dir", Annotated[Path, typer.Option(help="Folder of input h5ad files.")], Path("./data/input")),
-    ("interim_dir", Annotated[Path, typer.Option(help="Folder for interim chunks.")], Path("./data/interim")),
-    ("output_dir", Annotated[Path, typer.Option(help="Folder for the final chunks.")], Path("./data/output")),
-    ("log_dir", Annotated[Path, typer.Option(help="Folder for logs and batch summaries.")], Path("./logs")),
-    ("chunk_size", Annotated[int, typer.Option(help="Cells per chunk (bounds memory).")], 10_000),
-    ("top_genes", Annotated[int, typer.Option(help="Genes per cell sentence; 0 = all expressed genes.")], 2000),
-    ("compression", Annotated[str, typer.Option(help="Parquet codec: zstd, snappy, gzip, brotli, lz4, none.")], "zstd"),
-    ("test_size", Annotated[float, typer.Option(help="Share of aged cells for the test split, in (0, 1).")], 0.05),
-    ("seed", Annotated[int, typer.Option(help="Seed of the train/test split and of the random tie-break.")], 42),
-    ("split_by", Annotated[str, typer.Option(help="auto (donor when there is a donor_id column, else cell), donor or cell.")], "auto"),
-    ("tie_break", Annotated[str, typer.Option(help="Order of genes with equal values: random (seeded, per cell) or position (var order).")], "random"),
-    ("include_age_ranges", Annotated[bool, typer.Option(help="Also keep cells whose stage gives age bounds only (ranges, 'and over').")], False),
-    ("primary_only", Annotated[bool, typer.Option(help="Drop cells with is_primary_data = False before the split.")], False),
-    ("license", Annotated[str, typer.Option(help="Dataset card license when the source does not fix it (CELLxGENE files: cc-by-4.0).")], "other"),
-    ("matrix", Annotated[str, typer.Option(help="auto (raw.X, then layers['counts'], then X), raw.X, counts or X.")], "auto"),
-    ("hgnc_file", Annotated[Optional[Path], typer.Option(envvar="SCRNA_HGNC_FILE", help="Local HGNC complete set (TSV or parquet).")], None),
-    ("offline", Annotated[bool, typer.Option(help="Never download the HGNC table.")], False),
-    ("skip_train_test_split", Annotated[bool, typer.Option(help="Write aged cells to <output>/<name>/chunks/ without splitting.")], False),
-    ("keep_interim", Annotated[bool, typer.Option(help="Keep interim chunks after a successful split.")], False),
-    ("skip_existing", Annotated[bool, typer.Option(help="Skip datasets already processed from the same file with the same parameters.")], False),
+_COMMAND_PARAMETERS = [
+    ("skip_existing", Annotated[bool, typer.Option(help="Skip datasets whose outputs are up to date (same file, parameters, checks passed).")], False),
     ("batch_mode", Annotated[bool, typer.Option(help="Process every *.h5ad in the folder (--input-dir or the argument).")], False),
-    ("repo_id", Annotated[Optional[str], typer.Option(help="HuggingFace dataset repository (batch: <repo-id>-<name>).")], None),
-    ("token", Annotated[Optional[str], typer.Option(envvar="HF_TOKEN", show_envvar=True, help="HuggingFace token.")], None),
-    ("private", Annotated[bool, typer.Option("--private/--public", help="Visibility of created repositories.")], True),
+    ("token", Annotated[Optional[str], typer.Option(envvar="HF_TOKEN", show_envvar=True, help="HuggingFace token (default: the one `hf auth login` saved).")], None),
     ("debug", Annotated[bool, typer.Option(help="Show Dagster's logs.")], False),
 ]
 
@@ -135,17 +80,22 @@ _OPTION_PARAMETERS = [
 def with_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give a command every pipeline option and pass them to it as one ``Options``."""
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
-    shared = [
+    shared = [_setting_parameter(name) for name in OPTION_SETTINGS] + [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-        for name, annotation, default in _OPTION_PARAMETERS
+        for name, annotation, default in _COMMAND_PARAMETERS
     ]
 
     @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        options = Options(**{name: kwargs.pop(name) for name, _, _ in _OPTION_PARAMETERS})
+    def wrapper(context: typer.Context, **kwargs: Any) -> None:
+        on_command_line = {
+            name: kwargs.pop(name) for name in OPTION_SETTINGS if context.get_parameter_source(name).name == "COMMANDLINE"
+        }
+        for name in OPTION_SETTINGS:
+            kwargs.pop(name, None)  # from a variable or the default: Settings.load reads those itself
+        options = Options(on_command_line, **{name: kwargs.pop(name) for name, _, _ in _COMMAND_PARAMETERS})
         command(options=options, **kwargs)
 
-    parameters = own + shared
+    parameters = [inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context), *own, *shared]
     wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     del wrapper.__wrapped__  # typer must read the new signature, not the command's
@@ -153,17 +103,30 @@ def with_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 class EchoReporter:
-    """Prints the seed's banners as the runner goes."""
+    """Prints the seed's banners as the runner goes, and keeps step 1's warnings for the summary."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self.bar = StepProgress()
+
+    def progress(self, step: int, done: int, total: int) -> None:
+        self.bar.update(done, total)
 
     def file(self, index: int, total: int, dataset: str) -> None:
         typer.echo(f"\n{'#' * 60}\nPROCESSING FILE {index}/{total}: {dataset}\n{'#' * 60}")
 
     def step(self, step: int, result: StepResult | None) -> None:
+        if result is not None:
+            self.bar.stop()
         if result is None:
-            typer.echo(f"\n{RULE}\nSTEP {step}: {STEPS[step][1]}\n{RULE}")
+            typer.echo(f"\n{RULE}\nSTEP {step}: {BY_NUMBER[step].title}\n{RULE}")
+            self.bar.start(step, BY_NUMBER[step].title)
         elif result.success:
             shown = ", ".join(f"{k}={result.figures[k]}" for k in STEP_FIGURES[step] if k in result.figures)
             typer.echo(f"  {shown}")
+            if result.figures.get("warning"):
+                typer.echo(f"  ! {result.figures['warning']}")
+                self.warnings.append(f"step {step} ({result.asset}): {result.figures['warning']}")
             if result.figures.get("note"):
                 typer.echo(f"  ! {result.figures['note']}")
             for name, severity in result.failed_checks.items():
@@ -188,31 +151,41 @@ def _fail_usage(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -> PipelineSettings:
-    """Validate every option up front; then the settings every dataset process gets."""
+def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -> Settings:
+    """Validate every setting up front (exit code 2 with every problem); then the settings every
+    dataset process gets."""
+    given = dict(options.given, repo_per_dataset=repo_per_dataset)
     if options.batch_mode and target is not None:
-        options.input_dir = target
-    settings = options.settings(repo_per_dataset)
-    problems = settings.problems()
-    if options.repo_id and not options.token:
-        problems.append("--repo-id needs a token: pass --token or set HF_TOKEN")
+        given["input_dir"] = str(target)
+    try:
+        settings = Settings.load(given)
+        problems = settings.problems()
+    except SettingsError as error:
+        settings, problems = None, list(error.problems)
+    if settings is not None and settings.repo_id and not options.token:
+        from scrna_assets.core.hf_upload import hub_token_available
+
+        if not hub_token_available():
+            problems.append("--repo-id needs a token: pass --token, set HF_TOKEN or run `hf auth login`")
     for name in ("interim_dir", "output_dir", "log_dir"):
-        folder = Path(getattr(settings, name))
+        folder = Path(getattr(settings, name)) if settings is not None else None
+        if folder is None:
+            break
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            problems.append(f"--{name.replace('_', '-')} {folder} cannot be created ({error.strerror})")
-    if problems:
+            problems.append(f"{option_name(name)} {folder} cannot be created ({error.strerror})")
+    if problems or settings is None:
         _fail_usage("; ".join(problems))
     if options.token:
         os.environ["HF_TOKEN"] = options.token  # read by huggingface_hub itself; never in settings or logs
     return settings
 
 
-def _input_files(target: Optional[Path], options: Options) -> list[Path]:
+def _input_files(target: Optional[Path], options: Options, settings: Settings) -> list[Path]:
     """The files a command works on: the folder's *.h5ad in batch mode, else the one FILE."""
     if options.batch_mode:
-        folder = options.input_dir.resolve()
+        folder = Path(settings.input_dir)
         if not folder.is_dir():
             _fail_usage(f"--batch-mode needs a folder: {folder} is not one")
         files = h5ad_files(folder)
@@ -224,16 +197,16 @@ def _input_files(target: Optional[Path], options: Options) -> list[Path]:
         return files
     if target is None:
         _fail_usage("give an h5ad FILE, or --batch-mode with a folder")
-    source = target if target.exists() or target.is_absolute() else options.input_dir / target
+    source = target if target.exists() or target.is_absolute() else Path(settings.input_dir) / target
     if not source.is_file():
         typer.echo(f"✗ {InputError(source.resolve(), 'no such file')}", err=True)
         raise typer.Exit(1)
     return [source.resolve()]
 
 
-def _finish(s: PipelineSettings, outcomes: list[DatasetOutcome], started: datetime) -> None:
+def _finish(s: Settings, outcomes: list[DatasetOutcome], started: datetime, warnings: list[str]) -> None:
     directories = {"Input": s.input_dir, "Interim": s.interim_dir, "Output": s.output_dir, "Logs": s.log_dir}
-    typer.echo("\n" + render_summary(outcomes, directories))
+    typer.echo("\n" + render_summary(outcomes, directories, warnings, s.output_dir, s.repo_id if not s.repo_per_dataset else None))
     try:
         json_path, tsv_path = write_summary(outcomes, Path(s.log_dir), started)
     except OSError as error:  # e.g. the log folder is full: one line, and the batch counts as failed
@@ -251,49 +224,61 @@ def run_all(
     example: Annotated[bool, typer.Option("--example", help="Write a small example h5ad into --input-dir and process it offline.")] = False,
 ) -> None:
     """Every step for one h5ad file, or for every *.h5ad in a folder with --batch-mode."""
+    from scrna_assets.batch import run_batch
+
     if example:
-        h5ad, example_hgnc = write_example(options.input_dir.resolve())
+        from scrna_assets.core.example import write_example
+
+        h5ad, example_hgnc = write_example(Path(Settings.load(options.given).input_dir))
         typer.echo(f"Example dataset written to {h5ad}")
-        target, options.offline, options.batch_mode = h5ad, True, False
-        options.hgnc_file = options.hgnc_file or example_hgnc
+        target, options.batch_mode = h5ad, False
+        options.given = {"hgnc_file": str(example_hgnc), **options.given, "offline": True}
     started = datetime.now(timezone.utc)
     settings = _prepare(options, target, repo_per_dataset=options.batch_mode)
-    files = _input_files(target, options)
-    outcomes = run_batch(files, settings, EchoReporter(), skip_existing=options.skip_existing, debug=options.debug, fork_here=FORK_HERE)
-    _finish(settings, outcomes, started)
+    files = _input_files(target, options, settings)
+    reporter = EchoReporter()
+    outcomes = run_batch(files, settings, reporter, skip_existing=options.skip_existing, debug=options.debug, fork_here=FORK_HERE)
+    _finish(settings, outcomes, started, reporter.warnings)
 
 
-def _step_command(step: int) -> Callable[..., None]:
-    asset, title = STEPS[step]
+def _step_command(number: int) -> Callable[..., None]:
+    step = BY_NUMBER[number]
 
     @with_options
     def command(
         options: Options,
         target: Annotated[Optional[Path], typer.Argument(help="An h5ad file (its dataset), or a folder with --batch-mode.")] = None,
     ) -> None:
+        from scrna_assets.batch import run_batch, run_hgnc
+
         settings = _prepare(options, target, repo_per_dataset=options.batch_mode)
-        if step == 1:
+        if not step.partitioned:
             raise typer.Exit(0 if run_hgnc(settings, StepReporter(), options.debug, FORK_HERE).success else 1)
-        outcomes = run_batch(_input_files(target, options), settings, StepReporter(), steps=(step,), debug=options.debug, fork_here=FORK_HERE)
+        files = _input_files(target, options, settings)
+        outcomes = run_batch(files, settings, StepReporter(), steps=(number,), debug=options.debug, fork_here=FORK_HERE)
         raise typer.Exit(1 if any(o.status == FAILED for o in outcomes) else 0)
 
-    command.__doc__ = f"Step {step} only: materialize {asset} ({title.lower()})."
+    command.__doc__ = f"Step {number} only: materialize {step.asset} ({step.title.lower()})."
     return command
 
 
-for _step, _name in ((1, "step1-hgnc-mapper"), (2, "step2-convert-h5ad"), (3, "step3-add-age"), (4, "step4-train-test-split"), (5, "step5-upload")):
-    app.command(_name)(_step_command(_step))
+for _step in STEPS:
+    app.command(_step.command)(_step_command(_step.number))
 
 
 @app.command("register")
 def register(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="h5ad files or folders of them (default: --input-dir).")] = None,
-    input_dir: Annotated[Path, typer.Option(help="Folder of input h5ad files.")] = Path("./data/input"),
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="h5ad files or folders of them (default: the input folder).")] = None,
 ) -> None:
     """Add datasets as dynamic partitions, so the UI and `dagster asset materialize --partition` see
     them (Dagster's own CLI has no command for adding a dynamic partition)."""
+    from scrna_assets.run_liveness import fail_dead_runs
+    from scrna_assets.runner import PipelineRunner, cli_instance
+    from scrna_assets.resources import PipelineSettings
+
+    settings = Settings.load()
     files: list[Path] = []
-    for path in paths or [input_dir]:
+    for path in paths or [Path(settings.input_dir)]:
         path = path.resolve()
         files += h5ad_files(path) if path.is_dir() else [path]
     names, errors = datasets_by_name(files)
@@ -301,7 +286,7 @@ def register(
         typer.echo(f"✗ {error}", err=True)
     instance = cli_instance()
     fail_dead_runs(instance)
-    runner = PipelineRunner(PipelineSettings.from_env(), instance)
+    runner = PipelineRunner(PipelineSettings.of(settings), instance)
     for name, path in names.items():
         runner.register(name)
         typer.echo(f"registered {name} <- {path}")

@@ -9,6 +9,7 @@ from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.io_manager import DatasetIOManager
 from scrna_assets.jobs import dataset_job, hgnc_job
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.settings import Settings
 from scrna_assets.sensors import h5ad_file_sensor
 
 ALL_ASSETS = [hgnc_mapper, parquet_chunks, aged_chunks, train_test_splits, hf_upload]
@@ -29,4 +30,4 @@ def build_definitions(settings: PipelineSettings) -> Definitions:
     )
 
 
-defs = build_definitions(PipelineSettings.from_env())
+defs = build_definitions(PipelineSettings.of(Settings.load()))

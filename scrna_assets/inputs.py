@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from scrna_assets.core.errors import InputError
-from scrna_assets.partitions import dataset_name
+from scrna_assets.dataset_names import dataset_name
 
 
 def h5ad_files(folder: Path) -> list[Path]:

@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, Failure, InitResourceContext, InputContext, MetadataValue, OutputContext
 from pydantic import PrivateAttr
 
+from scrna_assets.asset_metadata import ROW_COUNT, chunk_table_metadata, table_metadata
+from scrna_assets.core.atomic_files import write_bytes_atomic
 from scrna_assets.core.parquet_io import chunk_files
 from scrna_assets.dataset_lock import DatasetLock
-from scrna_assets.core.atomic_files import write_bytes_atomic
-from scrna_assets.layout import INTERIM_ASSETS, OUTPUT_ASSET, DatasetLayout
+from scrna_assets.layout import DatasetLayout
 from scrna_assets.logs import DatasetLog
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.run_liveness import process_tags
-
+from scrna_assets.steps import HGNC_MAPPER, INTERIM_ASSETS, OUTPUT_ASSET
 
 PARTITION_TAG = "dagster/partition"
 
@@ -35,13 +35,17 @@ class StagedFolder:
 
 
 def folder_metadata(folder: Path) -> dict[str, Any]:
-    """Rows (from parquet footers, no data read), chunk files and bytes of a published folder."""
+    """Rows (from parquet footers, no data read), chunk files and bytes of a published folder, and
+    Dagster's ``dagster/row_count`` (all rows: train and test together for the split) and
+    ``dagster/column_schema`` (the first chunk file's columns)."""
     files = sorted(folder.rglob("chunk_*.parquet"))
+    table = chunk_table_metadata(files)
     return {
         "path": MetadataValue.path(str(folder)),
-        "rows": sum(pq.read_metadata(f).num_rows for f in files),
+        "rows": table[ROW_COUNT].value,
         "chunk_files": len(files),
         "bytes": sum(f.stat().st_size for f in files),
+        **table,
     }
 
 
@@ -75,11 +79,14 @@ class DatasetIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         asset = context.asset_key.path[-1]
-        if asset == "hgnc_mapper":
+        if asset == HGNC_MAPPER:
             buffer = io.BytesIO()
             obj.write_parquet(buffer, compression="zstd")
             write_bytes_atomic(self.layout.hgnc_mapping_file(), buffer.getvalue())
-            context.add_output_metadata({"path": MetadataValue.path(str(self.layout.hgnc_mapping_file()))})
+            context.add_output_metadata({
+                "path": MetadataValue.path(str(self.layout.hgnc_mapping_file())),
+                **table_metadata(obj.height, obj.to_arrow().schema),
+            })
             return
         dataset = context.partition_key
         if isinstance(obj, StagedFolder):
@@ -96,7 +103,7 @@ class DatasetIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> Any:
         asset = context.upstream_output.asset_key.path[-1]
-        if asset == "hgnc_mapper":
+        if asset == HGNC_MAPPER:
             path = self.layout.hgnc_mapping_file()
             if not path.exists():
                 raise Failure(

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from scrna_assets.partitions import datasets_partitions
+from scrna_assets.steps import HGNC_MAPPER, PARTITIONED_ASSETS
 
-PARTITIONED_ASSETS = ("parquet_chunks", "aged_chunks", "train_test_splits", "hf_upload")
-
-hgnc_job = define_asset_job("hgnc_job", selection=AssetSelection.assets("hgnc_mapper"), executor_def=in_process_executor)
+hgnc_job = define_asset_job("hgnc_job", selection=AssetSelection.assets(HGNC_MAPPER), executor_def=in_process_executor)
 
 dataset_job = define_asset_job(
     "dataset_job",

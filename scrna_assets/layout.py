@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scrna_assets.dataset_lock import DatasetLock
-from scrna_assets.partitions import sanitize_name
+from scrna_assets.dataset_names import sanitize_name
+from scrna_assets.steps import HGNC_MAPPER, INTERIM_ASSETS, OUTPUT_ASSET
 
 STAGING_PREFIX = ".staging-"
 RETIRED_PREFIX = ".retired-"
 # "+" never occurs in a sanitized dataset name, so "<name>+" can't match another dataset's folders.
 _SEP = "+"
-OUTPUT_ASSET = "train_test_splits"
-INTERIM_ASSETS = ("parquet_chunks", "aged_chunks")
 
 
 def _check_dataset(dataset: str) -> str:
@@ -58,7 +57,7 @@ class DatasetLayout:
         raise KeyError(f"no folder layout for asset {asset!r}")
 
     def hgnc_dir(self) -> Path:
-        return self.interim_dir / "hgnc_mapper"
+        return self.interim_dir / HGNC_MAPPER
 
     def hgnc_mapping_file(self) -> Path:
         return self.hgnc_dir() / "hgnc_mapping.parquet"

@@ -16,8 +16,10 @@ from typing import Any
 import polars as pl
 
 from scrna_assets.core.atomic_files import write_bytes_atomic
-from scrna_assets.layout import OUTPUT_ASSET, DatasetLayout
+from scrna_assets.layout import DatasetLayout
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.settings import CONVERSION, SPLIT
+from scrna_assets.steps import OUTPUT_ASSET
 
 PROVENANCE_FILE = "provenance.json"
 CHECKS_FILE = "checks.json"
@@ -48,22 +50,12 @@ def mapping_digest(mapping: pl.DataFrame) -> str:
 
 
 def conversion_parameters(settings: PipelineSettings, hgnc_digest: str) -> dict[str, Any]:
-    return {
-        "chunk_size": settings.chunk_size,
-        "top_genes": settings.top_genes,
-        "compression": settings.compression,
-        "matrix": settings.matrix,
-        "tie_break": settings.tie_break,
-        **({"seed": settings.seed} if settings.tie_break == "random" else {}),
-        "hgnc_sha256": hgnc_digest,
-    }
+    """The settings that change the conversion's output (``settings.Role``), and the HGNC table's digest."""
+    return {**settings.model().parameters(CONVERSION), "hgnc_sha256": hgnc_digest}
 
 
 def split_parameters(settings: PipelineSettings) -> dict[str, Any]:
-    kept = {"include_age_ranges": settings.include_age_ranges, "primary_only": settings.primary_only, "license": settings.license}
-    if settings.skip_train_test_split:
-        return {"skip_train_test_split": True, **kept}
-    return {"test_size": settings.test_size, "seed": settings.seed, "split_by": settings.split_by, **kept}
+    return settings.model().parameters(SPLIT)
 
 
 def read_provenance(folder: Path) -> dict[str, Any] | None:

@@ -35,21 +35,16 @@ from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.core.atomic_files import write_bytes_atomic
 from scrna_assets.definitions import ALL_ASSETS, build_resources
 from scrna_assets.partitions import DATASETS_PARTITIONS_NAME
+from scrna_assets.progress import parse_progress_line
 from scrna_assets.resources import PipelineSettings
+from scrna_assets.steps import BY_NUMBER, CHECKED_ASSET
 
 DEFAULT_DAGSTER_HOME = ".dagster"
-STEPS: dict[int, tuple[str, str]] = {
-    1: ("hgnc_mapper", "Loading the HGNC gene mapping"),
-    2: ("parquet_chunks", "Converting h5ad to parquet chunks of cell sentences"),
-    3: ("aged_chunks", "Adding donor age from development_stage"),
-    4: ("train_test_splits", "Splitting into train and test"),
-    5: ("hf_upload", "Uploading to the HuggingFace Hub"),
-}
-DATASET_STEPS = (2, 3, 4, 5)
-CHECKED_ASSET = "train_test_splits"
 CLI_JOB = "preprocess_steps"
 PROGRESS_LOGGER = "scrna_assets.runner.progress"
 PASSED = "PASSED"
+OnProgress = Callable[[int, int, int], None]
+"""Hears (step, cells done, cells in all) after each chunk of a step."""
 # Failures reach the user as one line from the runner; Dagster's own console log would repeat them
 # with stack traces, so it is silenced unless --debug. Loggers not named in the run config are not
 # started, so the progress logger is named too.
@@ -125,10 +120,13 @@ class _StepEvents(logging.Handler):
     fails that step without a ✓ printed first.
     """
 
-    def __init__(self, assets: dict[str, int], on_step: Callable[[int, StepResult | None], None]) -> None:
+    def __init__(
+        self, assets: dict[str, int], on_step: Callable[[int, StepResult | None], None], on_progress: OnProgress | None = None
+    ) -> None:
         super().__init__(logging.DEBUG)
         self.assets = assets
         self.on_step = on_step
+        self.on_progress = on_progress
         self.results: dict[str, StepResult] = {}
         self._figures: dict[str, dict[str, Any]] = {}
         self._started: dict[str, float] = {}
@@ -150,7 +148,10 @@ class _StepEvents(logging.Handler):
         if event is not None and event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             evaluation = event.asset_check_evaluation_data
             self.checks[evaluation.check_name] = PASSED if evaluation.passed else evaluation.severity.value
-        if event is None or event.step_key not in self.assets:
+        if event is None:
+            self._progress(record)
+            return
+        if event.step_key not in self.assets:
             return
         asset, step = event.step_key, self.assets[event.step_key]
         if event.event_type == DagsterEventType.STEP_START:
@@ -169,6 +170,14 @@ class _StepEvents(logging.Handler):
                 self._held = result
             else:
                 self.on_step(step, result)
+
+    def _progress(self, record: logging.LogRecord) -> None:
+        """An asset's per-chunk progress line in the run log (``progress.chunk_reporter``), passed on."""
+        meta = getattr(record, "dagster_meta", None) or {}
+        if self.on_progress is not None and meta.get("step_key") in self.assets:
+            figures = parse_progress_line(str(meta.get("orig_message", "")))
+            if figures is not None:
+                self.on_progress(self.assets[meta["step_key"]], *figures)
 
     def logger_definition(self) -> LoggerDefinition:
         @logger(description="Step progress of a run, for the CLI.")
@@ -195,15 +204,15 @@ class PipelineRunner:
 
     def run_steps(
         self, steps: tuple[int, ...], dataset: str | None, h5ad_path: Path | None, on_step: Callable[[int, StepResult | None], None],
-        run_id: str | None = None,
+        run_id: str | None = None, on_progress: OnProgress | None = None,
     ) -> list[StepResult]:
         """One in-process run of these steps' assets (and their checks); ``on_step`` hears each
         step start and end. Returns the results of the steps that ran, in order."""
-        assets = {STEPS[step][0]: step for step in steps}
+        assets = {BY_NUMBER[step].asset: step for step in steps}
         run_config: dict[str, Any] = {"loggers": _loggers_config(self.debug)}
         if "parquet_chunks" in assets and h5ad_path is not None:
             run_config["ops"] = {"parquet_chunks": {"config": {"h5ad_path": str(h5ad_path)}}}
-        events = _StepEvents(assets, on_step)
+        events = _StepEvents(assets, on_step, on_progress)
         definitions = Definitions(
             assets=[*ALL_ASSETS, *ALL_CHECKS],
             jobs=[define_asset_job(CLI_JOB, selection=AssetSelection.assets(*assets), executor_def=in_process_executor)],
@@ -233,17 +242,18 @@ class PipelineRunner:
     def _blame(
         result: ExecuteInProcessResult, steps: tuple[int, ...], ran: list[StepResult], on_step: Callable[[int, StepResult | None], None]
     ) -> list[StepResult]:
+        assets = {BY_NUMBER[step].asset for step in steps}
         """A run that failed outside our asset steps (a check that crashed, a run that could not
         start): the failure goes to the step the check belongs to, or the first that did not run."""
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         message = f"{failure.step_key}: {_failure_message(failure)}" if failure is not None else _run_failure_message(result)
         checked = next((r for r in ran if r.asset == CHECKED_ASSET), None)
-        if checked is not None and failure is not None and failure.step_key not in {STEPS[step][0] for step in steps}:
+        if checked is not None and failure is not None and failure.step_key not in assets:
             checked.success, checked.message = False, message
             on_step(checked.step, checked)
             return ran[: ran.index(checked) + 1]
         if len(ran) < len(steps):
-            blamed = StepResult(steps[len(ran)], STEPS[steps[len(ran)]][0], False, message)
+            blamed = StepResult(steps[len(ran)], BY_NUMBER[steps[len(ran)]].asset, False, message)
             on_step(blamed.step, blamed)
             return [*ran, blamed]
         ran[-1].success, ran[-1].message = False, message

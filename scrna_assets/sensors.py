@@ -8,7 +8,6 @@ Each tick first marks failed the runs of this host whose process is gone.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from scrna_assets.partitions import DATASETS_PARTITIONS_NAME, datasets_partition
 from scrna_assets.provenance import mapping_digest, stale_reason
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.run_liveness import fail_dead_runs
+from scrna_assets.settings import Settings
+from scrna_assets.steps import HGNC_MAPPER
 
-SENSOR_INTERVAL_SECONDS = int(os.environ.get("SCRNA_SENSOR_INTERVAL", "30"))
-SETTLE_SECONDS = float(os.environ.get("SCRNA_SENSOR_SETTLE_SECONDS", "10"))
-HGNC_RUN_KEY = "hgnc_mapper:first"
+HGNC_RUN_KEY = f"{HGNC_MAPPER}:first"
 
 
 def fingerprint(path: Path) -> str:
@@ -96,7 +95,7 @@ def up_to_date_left_out(
 
 @sensor(
     jobs=[dataset_job, hgnc_job],
-    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    minimum_interval_seconds=Settings.load().sensor_interval,  # fixed when the code location loads
     default_status=DefaultSensorStatus.RUNNING,
     description="Registers new or changed *.h5ad files in the input folder as partitions and runs them.",
 )
@@ -105,11 +104,11 @@ def h5ad_file_sensor(context: SensorEvaluationContext, settings: PipelineSetting
         context.log.warning(f"marked run {run_id} failed: its process is gone")
     folder = Path(settings.input_dir)
     cursor = json.loads(context.cursor) if context.cursor else {}
-    ready, reasons, new_cursor = evaluate_folder(folder, cursor, time.time(), SETTLE_SECONDS)
+    ready, reasons, new_cursor = evaluate_folder(folder, cursor, time.time(), settings.sensor_settle_seconds)
     for reason in reasons:
         if reason.startswith("not registered"):
             context.log.warning(reason)
-    if ready and context.instance.get_latest_materialization_event(AssetKey("hgnc_mapper")) is None:
+    if ready and context.instance.get_latest_materialization_event(AssetKey(HGNC_MAPPER)) is None:
         # Partition runs load the mapping: build it once first, and hold the files until it exists.
         return SensorResult(
             run_requests=[RunRequest(run_key=HGNC_RUN_KEY, job_name=hgnc_job.name)],

@@ -30,7 +30,12 @@ class DatasetOutcome:
     seconds: float = 0.0
 
 
-def render_summary(rows: list[DatasetOutcome], directories: dict[str, str]) -> str:
+def render_summary(
+    rows: list[DatasetOutcome], directories: dict[str, str], warnings: list[str] = (),
+    output_dir: str | None = None, repo_id: str | None = None,
+) -> str:
+    """The block printed at the end of a batch: totals, one line per dataset, the warnings that
+    concern every dataset (step 1's), the folders, and how to load a result."""
     counts = {status: sum(r.status == status for r in rows) for status in (SUCCESS, FAILED, SKIPPED)}
     lines = [
         RULE,
@@ -49,7 +54,17 @@ def render_summary(rows: list[DatasetOutcome], directories: dict[str, str]) -> s
         else:
             detail = row.message
         lines.append(f"{marks[row.status]} {row.dataset or row.input_file}: {detail}")
+    if warnings:
+        lines += ["", "Warnings:"] + [f"  ! {warning}" for warning in warnings]
     lines += ["", "Directories:"] + [f"  {name + ':':<9} {path}" for name, path in directories.items()]
+    loaded = next((row for row in rows if row.status == SUCCESS and row.train_cells), None)
+    if loaded is not None and output_dir is not None:
+        folder = Path(output_dir) / loaded.dataset
+        lines += [
+            "", f"Load {loaded.dataset}:",
+            f"  datasets.load_dataset({str(repo_id or folder)!r})",
+            f"  polars.read_parquet({str(folder / '*' / 'chunks' / '*.parquet')!r})",
+        ]
     return "\n".join(lines)
 
 

@@ -24,18 +24,19 @@ from scrna_assets.checks import BLOCKING_CHECKS
 from scrna_assets.core.errors import InputError
 from scrna_assets.dataset_lock import DatasetBusyError
 from scrna_assets.inputs import readable_input
-from scrna_assets.layout import INTERIM_ASSETS, DatasetLayout
+from scrna_assets.layout import DatasetLayout
 from scrna_assets.logs import DatasetLog
 from scrna_assets.provenance import mapping_digest, stale_reason
 from scrna_assets.resources import PipelineSettings
-from scrna_assets.runner import STEPS, PipelineRunner, StepResult, cli_instance
+from scrna_assets.runner import PipelineRunner, StepResult, cli_instance
+from scrna_assets.steps import BY_NUMBER, DATASET_STEPS, INTERIM_ASSETS
 from scrna_assets.summary import FAILED, SKIPPED, SUCCESS, DatasetOutcome
 
-DATASET_STEPS = (2, 3, 4, 5)
 READ_ENVIRONMENT_AT_IMPORT = ("huggingface_hub.constants",)
 """Modules that read the environment (HF_ENDPOINT, HF_HUB_OFFLINE...) once, when imported."""
 Send = Callable[..., None]
-"""Passes one message to the batch parent: ("step", n, result or None), ("note", line) or ("done", outcome)."""
+"""Passes one message to the batch parent: ("step", n, result or None), ("progress", n, done, total),
+("note", line) or ("done", outcome)."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,9 @@ def run_task(task: DatasetTask, pipe: Connection) -> None:
         problem = f"internal error: {type(error).__name__}: {error}"
         first = task.steps[0]
         if task.steps == (1,):
-            done = (StepResult(1, STEPS[1][0], False, problem), "")
+            done = (StepResult(1, BY_NUMBER[1].asset, False, problem), "")
         else:
-            done = _failed(task, f"step {first} ({STEPS[first][0]}): {problem}")
+            done = _failed(task, f"step {first} ({BY_NUMBER[first].asset}): {problem}")
     send("done", done)
     pipe.close()
 
@@ -129,8 +130,8 @@ def process_dataset(task: DatasetTask, send: Send, instance: DagsterInstance) ->
                     return DatasetOutcome(task.dataset, str(source), SKIPPED, "outputs up to date (same input file and parameters)")
             return _run(task, source, layout, send, instance)
     except (InputError, DatasetBusyError) as error:
-        send("step", first, StepResult(first, STEPS[first][0], False, str(error)))
-        return _failed(task, f"step {first} ({STEPS[first][0]}): {error}")
+        send("step", first, StepResult(first, BY_NUMBER[first].asset, False, str(error)))
+        return _failed(task, f"step {first} ({BY_NUMBER[first].asset}): {error}")
 
 
 def _run(task: DatasetTask, source: Path | None, layout: DatasetLayout, send: Send, instance: DagsterInstance) -> DatasetOutcome:
@@ -143,7 +144,9 @@ def _run(task: DatasetTask, source: Path | None, layout: DatasetLayout, send: Se
         if full and result is not None and result.success and step == 4 and not task.settings.keep_interim:
             send("note", f"Cleanup: interim chunks of {task.dataset} removed")
 
-    results = runner.run_steps(task.steps, task.dataset, source, on_step, run_id=task.run_id)
+    results = runner.run_steps(
+        task.steps, task.dataset, source, on_step, run_id=task.run_id, on_progress=lambda *figures: send("progress", *figures)
+    )
     failed = next((r for r in results if not r.success), None)
     if full and failed is not None and failed.step < 5:
         removed = discard_partial(layout, task.dataset)

@@ -23,6 +23,8 @@ def run_dataset_here(
             reporter.step(*args)
             if args[1] is not None:
                 results[args[0]] = args[1]
+        elif kind == "progress" and hasattr(reporter, "progress"):
+            reporter.progress(*args)
         elif kind == "note":
             reporter.note(args[0])
 

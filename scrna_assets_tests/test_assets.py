@@ -250,7 +250,8 @@ def test_csc_and_dense_inputs_give_the_same_output_as_csr(tmp_path: Path, make_s
 
 
 def test_materialization_metadata(example_files, make_settings, instance) -> None:
-    """What the UI shows for each materialization: figures, folder facts, histogram, input hash."""
+    """What the UI shows for each materialization: figures, folder facts, Dagster's row count and column
+    schema, histogram and age chart, code version, input hash."""
     from dagster import AssetKey
 
     h5ad, hgnc = example_files
@@ -272,6 +273,43 @@ def test_materialization_metadata(example_files, make_settings, instance) -> Non
     split = metadata("train_test_splits")
     assert (split["rows"], split["train_cells"], split["test_cells"], split["test_share"]) == (2744, 2599, 145, 0.052843)
     assert (split["train_donors"], split["test_donors"]) == (34, 2)
+
+    # Dagster's standard table metadata: the UI's row count and Columns tab
+    def columns(values: dict) -> list[tuple[str, str]]:
+        return [(c.name, c.type) for c in values["dagster/column_schema"].columns]
+
+    assert [metadata(a)["dagster/row_count"] for a in ("hgnc_mapper", "parquet_chunks", "aged_chunks", "train_test_splits")] == [
+        1160, 3000, 3000, 2744,  # the split: train 2599 + test 145
+    ]
+    assert columns(metadata("hgnc_mapper")) == [("ensembl_gene_id", "large_string"), ("symbol", "large_string")]
+    assert [name for name, _ in columns(split)] == OUTPUT_COLUMNS
+    assert [name for name, _ in columns(converted)] == OUTPUT_COLUMNS[:-3]  # the ages come with aged_chunks
+    assert columns(aged) == [("cell_id", "string"), ("age", "double"), ("age_min", "double"), ("age_max", "double")]
+    types = dict(columns(split))
+    assert [types[c] for c in ("cell_id", "total_counts", "is_primary_data", "n_genes", "age")] == ["string", "float", "bool", "int32", "double"]
+    assert dict(columns(converted)) == {k: v for k, v in types.items() if k in OUTPUT_COLUMNS[:-3]}
+
+    # the age chart: one bar per distinct age (26 here), counts summing to the cells with an age
+    chart = aged["age_chart"].splitlines()
+    assert chart[:7] == [
+        "Cells per age (years): 2744 cells, 26 distinct ages",
+        "",
+        "```",
+        "age │ cells",
+        " 18 │████████████████████▋                    85",
+        " 19 │████████████████████████████████████▋    151",
+        " 20 │███████████████████████████████████████▊ 164",
+    ]
+    assert chart[-2:] == [" 87 │███████████████████▋                     81", "```"]
+    bars = chart[4:-1]
+    assert len(bars) == aged["distinct_ages"] == 26 and sum(int(line.split()[-1]) for line in bars) == 2744
+
+    # each materialization records the code version it was made with (the UI's staleness panel)
+    from scrna_assets.asset_metadata import CODE_VERSIONS
+
+    for asset, version in CODE_VERSIONS.items():
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+        assert event.asset_materialization.tags["dagster/code_version"] == version
 
 
 def test_no_cell_with_an_age_succeeds_says_so_and_uploads_nothing(tmp_path: Path, make_settings, instance) -> None:

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scrna_assets.cli import app
-from scrna_assets.partitions import sanitize_name
+from scrna_assets.dataset_names import sanitize_name
 from scrna_assets_tests.bad_input_corpus import CASES, Case, render_table
 
 AS_ROOT = os.geteuid() == 0

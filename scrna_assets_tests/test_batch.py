@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import anndata
-import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
@@ -190,10 +189,14 @@ def test_upload_failure_marks_dataset_failed_and_never_leaks_the_token(batch_fol
     assert all(FAKE_TOKEN.encode() not in p.read_bytes() for p in written)
 
 
-def test_missing_token_with_repo_id_is_refused_up_front(batch_folder: Path) -> None:
+def test_missing_token_with_repo_id_is_refused_up_front(batch_folder: Path, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(batch_folder / "no_saved_login/token"))  # read at import, so patched
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(batch_folder / "no_saved_login/stored_tokens"))
     result = invoke("run-all", str(batch_folder), "--batch-mode", "--repo-id", "lab/cells")
     assert result.exit_code == 2
-    assert "--repo-id needs a token: pass --token or set HF_TOKEN" in result.output
+    assert "--repo-id needs a token: pass --token, set HF_TOKEN or run `hf auth login`" in result.output
 
 
 def test_uploads_go_to_one_repo_per_dataset_in_batch_and_to_the_repo_itself_for_one_file(
@@ -220,3 +223,23 @@ def test_uploads_go_to_one_repo_per_dataset_in_batch_and_to_the_repo_itself_for_
     again = invoke("run-all", str(batch_folder), "--batch-mode", *hgnc, "--repo-id", "lab/cells", "--skip-existing")
     assert "Total: 2  Succeeded: 1  Failed: 0  Skipped: 1" in again.output
     assert "SKIPPED my_data_set:" in again.output
+
+
+def test_a_token_saved_by_hf_auth_login_is_accepted_and_never_copied(batch_folder: Path, example_files, hub, monkeypatch) -> None:
+    """No --token, no HF_TOKEN: the token file `hf auth login` writes in HF_HOME is what uploads."""
+    from huggingface_hub import constants
+
+    from scrna_assets_tests.hub_server import TOKEN
+
+    home = batch_folder.parent / "hf_home"
+    home.mkdir()
+    (home / "token").write_text(TOKEN)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(home))  # what a dataset process reads when it loads huggingface_hub's settings
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))  # what this process read at import
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    result = invoke("run-all", str(batch_folder / "second.H5AD"), "--hgnc-file", str(example_files[1]), "--repo-id", "lab/cells")
+    assert result.exit_code == 0, result.output
+    assert sorted(hub.repo("lab/cells").files) == ["README.md", "test/chunks/chunk_0000.parquet", "train/chunks/chunk_0000.parquet"]
+    written = [p for p in batch_folder.parent.rglob("*") if p.is_file() and p.parent != home]
+    assert all(TOKEN.encode() not in p.read_bytes() for p in written)

@@ -21,7 +21,8 @@ def run_checks(settings, folder: Path) -> dict[str, bool]:
     context = build_asset_check_context()
     results = {}
     for check in ALL_CHECKS:
-        arguments = [context, folder] + ([settings] if check is checks.chunk_files_readable else [])
+        takes_settings = check in (checks.chunk_files_readable, checks.share_of_cells_with_age, checks.empty_sentence_share)
+        arguments = [context, folder] + ([settings] if takes_settings else [])
         results[next(iter(check.check_specs)).name] = check(*arguments).passed
     return results
 
@@ -62,11 +63,10 @@ def test_checks_fail_on_broken_outputs(published) -> None:
     }
 
 
-def test_warning_thresholds(published, monkeypatch) -> None:
+def test_warning_thresholds(published, make_settings) -> None:
     settings, _ = published
-    monkeypatch.setattr(checks, "MAX_EMPTY_SHARE", 0.01)  # the example has 42 / 2744 = 1.5 % empty
-    monkeypatch.setattr(checks, "MIN_AGE_SHARE", 0.95)  # and 2744 / 3000 = 91.5 % with age
-    outcome = run_checks(settings, Path(settings.output_dir) / EXAMPLE)
+    strict = make_settings(max_empty_share=0.01, min_age_share=0.95)  # the example: 1.5 % empty, 91.5 % with age
+    outcome = run_checks(strict, Path(settings.output_dir) / EXAMPLE)
     assert (outcome["empty_sentence_share"], outcome["share_of_cells_with_age"]) == (False, False)
 
 

@@ -69,20 +69,43 @@ def test_bad_input_fails_without_traceback(shared_data: Path, in_tmp: Path) -> N
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--test-size", "1.5"], "--test-size must be between 0 and 1, exclusive (got 1.5)"),
+        (["--test-size", "1.5"], "--test-size must be > 0 and < 1 (got 1.5)"),
         (["--chunk-size", "0"], "--chunk-size must be >= 1 (got 0)"),
-        (["--top-genes", "-1"], "--top-genes must be >= 0, 0 meaning all genes (got -1)"),
-        (["--compression", "rar"], "--compression must be one of zstd, snappy, gzip, brotli, lz4, none (got 'rar')"),
-        (["--split-by", "tissue"], "--split-by must be one of auto, donor, cell (got 'tissue')"),
-        (["--tie-break", "alphabet"], "--tie-break must be one of random, position (got 'alphabet')"),
-        (["--repo-id", "me/data"], "--repo-id needs a token: pass --token or set HF_TOKEN"),
+        (["--top-genes", "-1", "--chunk-size", "0"], "--chunk-size must be >= 1 (got 0); --top-genes must be >= 0 (got -1)"),
+        (["--repo-id", "me/data"], "--repo-id needs a token: pass --token, set HF_TOKEN or run `hf auth login`"),
     ],
 )
-def test_options_are_validated_up_front(in_tmp: Path, args: list[str], message: str) -> None:
+def test_options_are_validated_up_front(in_tmp: Path, args: list[str], message: str, monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(in_tmp / "no_saved_login/token"))  # read at import, so patched
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(in_tmp / "no_saved_login/stored_tokens"))
     result = CliRunner().invoke(app, ["run-all", "x.h5ad", *args])
     assert result.exit_code == 2
     assert result.output.strip() == f"Error: {message}"
     assert not (in_tmp / ".dagster").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "allowed"), [
+    ("--compression", "rar", "'zstd', 'snappy', 'gzip', 'brotli', 'lz4', 'none'"),
+    ("--split-by", "tissue", "'auto', 'donor', 'cell'"),
+    ("--tie-break", "alphabet", "'random', 'position'"),
+])
+def test_choices_are_refused_by_the_parser(in_tmp: Path, option: str, value: str, allowed: str) -> None:
+    result = CliRunner().invoke(app, ["run-all", "x.h5ad", option, value], env={"COLUMNS": "400"})
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}' (env var: 'SCRNA_{option[2:].upper().replace('-', '_')}'): Value error, '{value}' is not one of {allowed}." in result.output
+    assert not (in_tmp / ".dagster").exists()
+
+
+def test_a_setting_from_its_variable_reaches_the_run(in_tmp: Path, example_files) -> None:
+    """SCRNA_TOP_GENES, read by the CLI as by the code location, lands in the output's provenance."""
+    import json
+
+    result = CliRunner().invoke(app, ["run-all", "--example"], env={"SCRNA_TOP_GENES": "7", "SCRNA_SEED": "3"})
+    assert result.exit_code == 0, result.output
+    parameters = json.loads((in_tmp / "data/output/example_cellxgene/provenance.json").read_text())["parameters"]
+    assert (parameters["top_genes"], parameters["seed"]) == (7, 3)
 
 
 def test_register_refuses_collisions(in_tmp: Path) -> None:
@@ -224,3 +247,52 @@ def test_interim_folder_full_during_conversion_fails_the_dataset_naming_the_fold
     assert not [p for p in left if p.startswith(("parquet_chunks/", "aged_chunks/"))], left  # nothing of the dataset's chunks
     assert partial_files_on_disk(tmp_path) == []
     assert not (tmp_path / "data/output/example_cellxgene").exists()
+
+
+def test_step_one_warnings_reach_the_console_and_the_summary(in_tmp: Path, example_files) -> None:
+    """--offline and no HGNC table: the mapping is empty, which step 1 says, and the summary repeats."""
+    result = CliRunner().invoke(app, ["run-all", str(example_files[0]), "--offline"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    warning = next(line for line in lines if line.startswith("  ! No HGNC table (offline mode)"))
+    summary = lines[lines.index("Warnings:") + 1]
+    assert summary == f"  ! step 1 (hgnc_mapper): {warning[4:]}"
+    load = lines[lines.index("Load example_cellxgene:") + 1:]
+    assert load[:2] == [
+        f"  datasets.load_dataset('{in_tmp / 'data/output/example_cellxgene'}')",
+        f"  polars.read_parquet('{in_tmp / 'data/output/example_cellxgene/*/chunks/*.parquet'}')",
+    ]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere(in_tmp: Path) -> None:
+    """The real `preprocess`, once on a pseudo-terminal (Rich's bar: cells done/total, cells/s) and
+    once into a pipe (one plain final line per step)."""
+    import pty
+    import subprocess
+    import sys
+
+    command = [str(Path(sys.executable).parent / "preprocess"), "run-all", "--example", "--chunk-size", "1000"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRNA_", "DAGSTER_HOME", "HF_"))} | {"COLUMNS": "120"}
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(command, cwd=in_tmp, env=env, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    assert process.wait(timeout=300) == 0
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert "3,000/3,000" in terminal and "cells/s" in terminal and "step 2: parquet_chunks" not in terminal
+    assert "\x1b[" in terminal  # drawn with terminal control sequences
+
+    piped = subprocess.run(command, cwd=in_tmp / "data", env=env, capture_output=True, text=True, timeout=300)
+    assert piped.returncode == 0, piped.stderr
+    finals = [line[: line.index(")") + 1] for line in piped.stdout.splitlines() if line.startswith("  step ")]
+    assert finals == ["  step 2: 3,000/3,000 cells (100 %)", "  step 3: 3,000/3,000 cells (100 %)", "  step 4: 3,000/3,000 cells (100 %)"]
+    assert "\x1b[" not in piped.stdout

@@ -27,6 +27,18 @@ def test_definitions_hold_five_assets_and_two_jobs() -> None:
     assert defs.resolve_job_def("hgnc_job") is not None
 
 
+def test_every_asset_has_kinds_and_a_code_version() -> None:
+    """The kinds (UI icons) and hand-bumped code versions (staleness) of each asset spec."""
+    specs = {spec.key.to_user_string(): (spec.kinds, spec.code_version) for spec in defs.resolve_all_asset_specs()}
+    assert specs == {
+        "hgnc_mapper": ({"polars", "parquet"}, "1"),
+        "parquet_chunks": ({"parquet"}, "1"),
+        "aged_chunks": ({"parquet"}, "1"),
+        "train_test_splits": ({"parquet"}, "1"),
+        "hf_upload": ({"huggingface"}, "1"),
+    }
+
+
 def test_package_import_is_light_and_defs_load_on_access() -> None:
     """`import scrna_assets.core...` (the CLI's and the kernels' path) loads no Dagster; the
     package still hands out `defs` (for `-m scrna_assets`: Dagster lists members with dir())."""

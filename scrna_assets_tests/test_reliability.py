@@ -126,16 +126,16 @@ def test_a_run_refused_by_the_lock_names_the_holder_and_changes_nothing(example_
 def test_a_write_error_fails_the_dataset_and_removes_partial_files(example_files, make_settings, instance, monkeypatch) -> None:
     h5ad, hgnc = example_files
     settings = make_settings(hgnc_file=str(hgnc), chunk_size=500)
-    real_write = parquet_io.pq.write_table
+    real_write = parquet_io.write_chunk_file
     calls = []
 
-    def disk_fills_up(table, path, **kwargs):
+    def disk_fills_up(table, path, compression):
         calls.append(path)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(table, path, **kwargs)
+        return real_write(table, path, compression)
 
-    monkeypatch.setattr(parquet_io.pq, "write_table", disk_fills_up)
+    monkeypatch.setattr(parquet_io, "write_chunk_file", disk_fills_up)
     runner = PipelineRunner(settings, instance)
     assert runner.run_step(1).success
     runner.register("example_cellxgene")

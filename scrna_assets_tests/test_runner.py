@@ -132,3 +132,23 @@ def test_crashed_check_fails_the_split_step(example_files, make_settings, instan
     assert lines[-1].startswith("Cleanup after failure:")
     assert results[-1].message.endswith("facts unavailable")
     assert outcome.status == "FAILED" and outcome.message.startswith("step 4 (train_test_splits): ")
+
+
+def test_each_chunk_reaches_the_reporter_and_the_dagster_run_log(example_files, make_settings, instance) -> None:
+    class Progress(Recorder):
+        def progress(self, step: int, done: int, total: int) -> None:
+            self.lines.append(f"{step}: {done}/{total}")
+
+    from scrna_assets.runner import PipelineRunner
+    from scrna_assets_tests.inprocess import run_dataset_here
+
+    h5ad, hgnc = example_files
+    settings = make_settings(hgnc_file=str(hgnc), chunk_size=1000)
+    assert PipelineRunner(settings, instance).run_step(1).success
+    reporter = Progress()
+    run_dataset_here(settings, instance, "example_cellxgene", h5ad, reporter)
+    thirds = ["1000/3000", "2000/3000", "3000/3000"]
+    assert [line for line in reporter.lines if line[0] in "234" and "/" in line] == [f"{step}: {t}" for step in (2, 3, 4) for t in thirds]
+    run = instance.get_runs()[0]
+    logged = [e.user_message for e in instance.all_logs(run.run_id) if e.user_message.startswith(("parquet_chunks: ", "train_test_splits: "))]
+    assert [m.split(" cells")[0] for m in logged] == [f"{asset}: {t.replace('000', ',000')}" for asset in ("parquet_chunks", "train_test_splits") for t in thirds]

@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 from dagster import SensorResult, build_sensor_context
 
-from scrna_assets import sensors
 from scrna_assets.runner import PipelineRunner
 from scrna_assets.sensors import h5ad_file_sensor
 
 
 @pytest.fixture
 def watched(tmp_path: Path, make_settings, example_files, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(sensors, "SETTLE_SECONDS", 5.0)
-    settings = make_settings(hgnc_file=str(example_files[1]))
+    settings = make_settings(hgnc_file=str(example_files[1]), sensor_settle_seconds=5.0)
     Path(settings.input_dir).mkdir(parents=True)
     return settings
 

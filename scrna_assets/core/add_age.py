@@ -11,7 +11,7 @@ two (``iter_aged_batches``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,10 +108,16 @@ def _age_source(names: list[str]) -> str:
     return next((name for name in (STAGE_ID_COLUMN, STAGE_LABEL_COLUMN) if name in names), "none")
 
 
-def add_ages(in_folder: Path, out_folder: Path, compression: str) -> AgeResult:
+def add_ages(
+    in_folder: Path, out_folder: Path, compression: str, progress: Callable[[int, int], None] | None = None
+) -> AgeResult:
     """For each interim chunk, write ``out_folder/<same name>`` with its cells' ``cell_id``,
     ``age``, ``age_min`` and ``age_max``. Only the id and stage columns are read; each cell's
-    stage comes from its term id first, its free-text label second (``ages.stage_age``)."""
+    stage comes from its term id first, its free-text label second (``ages.stage_age``).
+
+    ``progress(cells_done, cells_total)``, if given, is called after each non-empty file
+    is written, and after the last (the total comes from the chunks' parquet footers, read only
+    then)."""
     files = chunk_files(in_folder)
     if not files:
         raise ValueError(f"{in_folder}: no parquet chunks to add ages to")
@@ -120,6 +126,7 @@ def add_ages(in_folder: Path, out_folder: Path, compression: str) -> AgeResult:
     out_folder.mkdir(parents=True, exist_ok=True)
     tally = _Tally()
     written = []
+    total = sum(pq.read_metadata(path).num_rows for path in files) if progress is not None else 0
     for path, table in zip(files, iter_chunk_tables(in_folder, wanted)):
         pairs = zip(_column_values(table, STAGE_LABEL_COLUMN), _column_values(table, STAGE_ID_COLUMN))
         resolved = [resolve_stage(label, term_id) for label, term_id in pairs]
@@ -129,6 +136,8 @@ def add_ages(in_folder: Path, out_folder: Path, compression: str) -> AgeResult:
         cell_ids = table.column(CELL_ID_COLUMN) if CELL_ID_COLUMN in wanted else pa.nulls(table.num_rows, pa.string())
         written.append(out_folder / path.name)
         write_chunk_file(pa.table([cell_ids, *ages], schema=AGES_SCHEMA), written[-1], compression)
+        if progress is not None and (table.num_rows or path == files[-1]):  # an empty chunk adds no call
+            progress(tally.n_cells, total)
     notes = [note] if (note := _numeric_stage_note(schema)) else []
     if tally.out_of_range:
         notes.append(_out_of_range_note(tally.out_of_range))

@@ -9,6 +9,7 @@ depend on the number of threads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def convert_h5ad(
     writer_threads: int = WRITER_THREADS,
     seed: int = DEFAULT_SEED,
     tie_break: str = DEFAULT_TIE_BREAK,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ConvertResult:
     """Write ``out_folder/chunk_NNNN.parquet``; memory stays bounded by ``chunk_size`` cells.
 
@@ -90,7 +92,11 @@ def convert_h5ad(
 
     ``tie_break``: order of genes with equal values in a cell. ``"random"``: by tie key, a
     pseudo-random permutation that is a pure function of (``seed``, ``dataset``, cell id, gene
-    token) (``sentences.cell_tie_keys``); ``"position"``: by var position."""
+    token) (``sentences.cell_tie_keys``); ``"position"``: by var position.
+
+    ``progress(cells_done, cells_total)``, if given, is called once per chunk handed to the
+    writer, and the last call, ``(n_obs, n_obs)``, only once every file is on disk (so a 0-cell
+    input gives one call, ``(0, 0)``). It changes nothing in the output."""
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
     threads = default_threads() if threads is None else max(1, int(threads))
@@ -129,7 +135,11 @@ def convert_h5ad(
                 columns["cell_sentence"] = sentences
                 columns["n_genes"] = pa.array(n_genes, type=pa.int32())
                 writer.write(pa.table(columns))
+                if progress is not None and part.stop < source.n_obs:
+                    progress(part.stop, source.n_obs)
             files = writer.close(schema=_empty_schema(source, names))
+            if progress is not None:
+                progress(source.n_obs, source.n_obs)
         return ConvertResult(
             n_cells=source.n_obs,
             n_vars=source.n_vars,

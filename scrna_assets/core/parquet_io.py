@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import math
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,16 +56,54 @@ def iter_chunk_tables(folder: Path, columns: list[str] | None = None) -> Iterato
         yield read_chunk_file(path, columns)
 
 
+MAX_ROW_GROUP_BYTES = 100_000_000
+"""The largest uncompressed row group the Hub's dataset viewer reads (``total_byte_size``)."""
+ROW_GROUP_TARGET_BYTES = 99_000_000
+"""The in-memory (Arrow ``nbytes``) size a row group is cut to: 1 % below the limit for what
+parquet adds (page headers, levels; measured at < 0.01 % for cell sentences)."""
+
+
+def row_group_slices(table: pa.Table, target_bytes: int = ROW_GROUP_TARGET_BYTES) -> list[pa.Table]:
+    """The table cut into consecutive row slices of at most ``target_bytes`` in memory each (a
+    slice of one row may be larger): the whole table when it fits, else ``ceil(nbytes / target)``
+    slices of about equal rows, each shrunk until it fits (rows differ in length). Slices are
+    views: nothing is copied."""
+    total = table.nbytes
+    if total <= target_bytes or table.num_rows <= 1:
+        return [table]
+    groups = math.ceil(total / target_bytes)
+    per_group = math.ceil(table.num_rows / groups)
+    slices, start = [], 0
+    while start < table.num_rows:
+        rows = min(per_group, table.num_rows - start)
+        part = table.slice(start, rows)
+        while rows > 1 and part.nbytes > target_bytes:
+            rows = max(1, min(rows - 1, rows * target_bytes // part.nbytes))
+            part = table.slice(start, rows)
+        slices.append(part)
+        start += rows
+    return slices
+
+
 def write_chunk_file(table: pa.Table, path: Path, compression: str) -> None:
-    """One chunk file: the table as one row group, written from its chunks as they are (making
-    them contiguous first would copy the whole chunk). Page boundaries follow the in-memory
-    chunks, so the bytes depend on the rows and on how they were cut, which the input and the
-    settings fix: reruns are byte-identical. A failed write (disk full) names the file: Arrow's
-    own error does not."""
+    """One chunk file with a page index, as one row group or, when the table holds more than
+    ~100 MB in memory, as several of at most :data:`ROW_GROUP_TARGET_BYTES` each (see
+    :func:`row_group_slices`), so the Hub's dataset viewer can read it. Written from the table's
+    chunks as they are (making them contiguous first would copy the whole chunk): page boundaries
+    follow the in-memory chunks, so the bytes depend on the rows and on how they were cut, which
+    the input and the settings fix: reruns are byte-identical. A table that fits gives the bytes
+    of ``pq.write_table(table, path, compression=compression, write_page_index=True)``. A failed
+    write (disk full) removes the partial file and names the file: Arrow's own error does not."""
     try:
-        pq.write_table(table, path, compression=compression)
-    except OSError as error:
-        raise WriteError(error.errno or errno.EIO, error.strerror or str(error), str(path)) from error
+        with pq.ParquetWriter(path, table.schema, compression=compression, write_page_index=True) as writer:
+            for part in row_group_slices(table, ROW_GROUP_TARGET_BYTES):
+                writer.write_table(part)
+    except Exception as error:
+        with contextlib.suppress(OSError):  # as pq.write_table does
+            path.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise WriteError(error.errno or errno.EIO, error.strerror or str(error), str(path)) from error
+        raise
     _release_freed_memory()
 
 

@@ -14,6 +14,7 @@ only when the file names no donor (or ``--split-by cell`` asks for it), and the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,7 @@ class _CellFacts:
     age_max: np.ndarray  # float64, NaN for no upper bound
     donors: np.ndarray | None  # int32 codes, None without a donor column
     primary: np.ndarray | None  # int8: 1 primary, 0 not, -1 unknown; None without the column
+    chunk_ends: list[int] = field(default_factory=list)  # cells up to the end of each chunk
 
 
 def _float_column(table: pa.Table, name: str) -> np.ndarray:
@@ -183,7 +185,8 @@ def _read_cell_facts(chunks_folder: Path, ages_folder: Path) -> _CellFacts:
             raise ValueError(
                 f"{ages_folder} holds {len(joined[0])} ages for {len(column)} cells in {chunks_folder}: materialize aged_chunks again"
             )
-    return _CellFacts(joined[0], joined[1], joined[2], donors, primary)
+    ends = np.cumsum([t.num_rows for t in tables]).tolist()
+    return _CellFacts(joined[0], joined[1], joined[2], donors, primary, ends)
 
 
 def split_chunks(
@@ -198,12 +201,17 @@ def split_chunks(
     chunk_size: int,
     include_age_ranges: bool = False,
     primary_only: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SplitResult:
     """Write train and test chunk folders from the interim chunks and their ages (``add_ages``);
     with ``test_folder`` None, every kept cell goes to ``train_folder`` (no split).
 
     Kept: cells with a point age, or with ``include_age_ranges`` also cells with only a lower
-    bound; with ``primary_only``, cells marked ``is_primary_data == False`` are dropped first."""
+    bound; with ``primary_only``, cells marked ``is_primary_data == False`` are dropped first.
+
+    ``progress(cells_done, cells_total)``, if given, is called once per input chunk routed, in
+    input cells (kept or not; total = every input cell), the last call, ``(total, total)``, only
+    once every output file is on disk."""
     facts = _read_cell_facts(chunks_folder, ages_folder)
     aged = ~np.isnan(facts.ages)
     kept = aged | ~np.isnan(facts.age_min) if include_age_ranges else aged.copy()
@@ -228,6 +236,9 @@ def split_chunks(
         test = writers.enter_context(ChunkWriter(test_folder, compression, chunk_size, workers=WRITER_THREADS)) if test_folder is not None else None
         offset = 0
         schema = None
+        total = len(kept)
+        ends = iter(end for end in dict.fromkeys(facts.chunk_ends) if end < total)  # an empty chunk adds no call
+        next_end = next(ends, None)
         for table in iter_aged_batches(chunks_folder, ages_folder):
             n = table.num_rows
             rows_test = is_test[offset : offset + n]
@@ -237,8 +248,13 @@ def split_chunks(
                 test.write(table.filter(pa.array(rows_test)))
             schema = table.schema
             offset += n
+            while progress is not None and next_end is not None and next_end <= offset:
+                progress(next_end, total)
+                next_end = next(ends, None)
         train_files = train.close(schema)
         test_files = test.close(schema) if test is not None else []
+    if progress is not None:
+        progress(total, total)
     result = SplitResult(
         mode=choice.mode,
         mode_reason=choice.reason,

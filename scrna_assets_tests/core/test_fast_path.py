@@ -384,7 +384,7 @@ def previous_conversion(path: Path, out: Path, chunk_size: int, top_genes: int, 
             columns["cell_sentence"] = sentences
             columns["n_genes"] = pa.array(n_genes, type=pa.int32())
             files.append(out / f"chunk_{number:04d}.parquet")
-            pq.write_table(pa.table(columns).combine_chunks(), files[-1], compression="zstd")
+            pq.write_table(pa.table(columns).combine_chunks(), files[-1], compression="zstd", write_page_index=True)
     return files
 
 

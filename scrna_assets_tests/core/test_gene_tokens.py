@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from scrna_assets.core.gene_tokens import GeneTokens, assign_gene_tokens, is_ensembl_id
 from scrna_assets.core.hgnc import read_hgnc_table

@@ -8,6 +8,7 @@ Authorization header, and that failed or repeated uploads resume without sending
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -18,7 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from scrna_assets.core.hf_upload import HubUploadError, dataset_card, upload_dataset
+from scrna_assets.core import hf_upload
+from scrna_assets.core.hf_upload import (
+    MAX_FILES_PER_COMMIT,
+    HubUploadError,
+    commit_batches,
+    dataset_card,
+    hub_token_available,
+    upload_dataset,
+)
 from scrna_assets_tests.hub_server import TOKEN, LocalHub, hub_client_env
 
 REPO = "ageing-lab/heart-cell-sentences"
@@ -306,3 +315,136 @@ def test_split_with_no_rows_is_neither_sent_nor_declared(hub: LocalHub, dataset_
     assert _front_matter(files["README.md"].content.decode())["configs"][0]["data_files"] == [
         {"split": "train", "path": "train/chunks/*.parquet"}
     ]
+
+
+# -- many files: several commits, the card last ---------------------------------------------------
+def _many_chunks(folder: Path, train: int, test: int) -> list[str]:
+    """``train`` + ``test`` one-row chunk files; their repo paths in sorted (upload) order."""
+    for split, count in (("train", train), ("test", test)):
+        for k in range(count):
+            _chunk(folder / f"{split}/chunks/chunk_{k:04d}.parquet", f"{split}{k}-", [30.0], [f"d{split}"])
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.parquet"))
+
+
+def test_more_than_100_files_go_in_several_commits_with_the_card_last(hub: LocalHub, tmp_path: Path) -> None:
+    """250 chunks: commits of 100, 100 and 50 + the card, chunks in sorted order; the card (which
+    makes the repository loadable) appears only with the last commit, when every chunk is up."""
+    folder = tmp_path / "many"
+    paths = _many_chunks(folder, 200, 50)
+    record = upload_dataset(folder, REPO, True)
+
+    commits = hub.repo(REPO).commits
+    assert MAX_FILES_PER_COMMIT == 100
+    assert [c.added for c in commits] == [paths[:100], paths[100:200], [*paths[200:], "README.md"]]
+    assert all(c.deleted == [] for c in commits)
+    assert "(part 3 of 3)" in commits[-1].summary
+    assert set(hub.repo(REPO).files) == {*paths, "README.md"}
+    assert hub.lfs_uploads == 250
+    assert (record["files"], record["commits"], record["commit"]) == ("251", "3", hub.repo(REPO).head)
+
+
+def test_at_most_100_files_are_one_commit_and_a_full_last_batch_leaves_the_card_alone(hub: LocalHub, tmp_path: Path) -> None:
+    """99 chunks + the card = 100 files: one commit. 100 chunks + the card: the card alone after."""
+    folder = tmp_path / "ninety-nine"
+    paths = _many_chunks(folder, 90, 9)
+    assert upload_dataset(folder, REPO, True)["commits"] == "1"
+    assert [c.added for c in hub.repo(REPO).commits] == [[*paths, "README.md"]]
+
+    other = "ageing-lab/hundred"
+    folder = tmp_path / "hundred"
+    paths = _many_chunks(folder, 100, 0)
+    upload_dataset(folder, other, True)
+    assert [c.added for c in hub.repo(other).commits] == [paths, ["README.md"]]
+
+
+def test_interrupted_multi_commit_upload_resumes_without_sending_files_again(hub: LocalHub, tmp_path: Path) -> None:
+    """The second of three commits fails: the Hub holds the first 100 chunks and no card (not
+    loadable). A re-run skips the committed batch (no empty commit), sends none of the objects the
+    Hub already has, and ends with the card."""
+    folder = tmp_path / "many"
+    paths = _many_chunks(folder, 200, 50)
+    hub.fail("commit", 503, after=1, times=1, message="commit service unavailable")
+
+    with pytest.raises(HubUploadError, match=r"committing \(part 2 of 3\)"):
+        upload_dataset(folder, REPO, True)
+    assert set(hub.repo(REPO).files) == set(paths[:100])  # no README.md yet
+    assert hub.lfs_uploads == 200  # the second batch's objects went up; its commit did not
+
+    record = upload_dataset(folder, REPO, True)
+
+    assert hub.lfs_uploads == 250  # only the third batch's 50 objects were new
+    assert [c.added for c in hub.repo(REPO).commits] == [paths[:100], paths[100:200], [*paths[200:], "README.md"]]
+    assert record["commits"] == "2" and record["commit"] == hub.repo(REPO).head
+
+
+def test_stale_remote_chunks_are_deleted_before_or_with_the_card(hub: LocalHub, tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    paths = _many_chunks(folder, 150, 0)
+    upload_dataset(folder, REPO, True)
+    for path in paths[120:]:
+        (folder / path).unlink()
+
+    record = upload_dataset(folder, REPO, True)
+
+    last = hub.repo(REPO).commits[-1]
+    assert last.deleted == paths[120:] and last.added == ["README.md"]  # the chunks themselves are unchanged
+    assert set(hub.repo(REPO).files) == {*paths[:120], "README.md"}
+    assert (record["deleted_stale_files"], record["commits"]) == ("30", "1")
+
+
+def test_commit_batches() -> None:
+    assert commit_batches([], "card", 3) == [["card"]]
+    assert commit_batches([1, 2], "card", 3) == [[1, 2, "card"]]
+    assert commit_batches([1, 2, 3], "card", 3) == [[1, 2, 3], ["card"]]
+    assert commit_batches([1, 2, 3, 4, 5, 6, 7], "card", 3) == [[1, 2, 3], [4, 5, 6], [7, "card"]]
+    with pytest.raises(ValueError, match="size"):
+        commit_batches([1], "card", 0)
+
+
+# -- the token saved by `hf auth login` -----------------------------------------------------------
+def _saved_login(monkeypatch: pytest.MonkeyPatch, home: Path, token: str | None) -> None:
+    """HF_TOKEN unset, HF_HOME at ``home`` holding the ``token`` file as ``hf auth login`` saves
+    it; huggingface_hub read the paths at import, so its constants are pointed there too."""
+    from huggingface_hub import constants
+
+    home.mkdir(parents=True, exist_ok=True)
+    if token is not None:
+        (home / "token").write_text(token)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+
+
+def test_token_saved_by_hf_auth_login_is_used_and_copied_nowhere(hub: LocalHub, dataset_folder: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    hub_client_env(monkeypatch, hub.url, None)
+    home = tmp_path / "hf-home"
+    _saved_login(monkeypatch, home, TOKEN)
+    assert hub_token_available()
+
+    record = upload_dataset(dataset_folder, REPO, True, DETAILS)
+
+    assert record["status"] == "uploaded" and set(hub.repo(REPO).files) == PARQUET_PATHS | {"README.md"}
+    assert hub.authorizations and set(hub.authorizations) == {f"Bearer {TOKEN}"}
+    assert "HF_TOKEN" not in os.environ and TOKEN not in json.dumps(record)
+    assert sorted(p.name for p in home.iterdir()) == ["token"]  # no other copy in HF_HOME
+    holding = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert holding == [home / "token"]  # nor in the dataset folder or anywhere else under the test folder
+    assert all(TOKEN.encode() not in stored.content for stored in hub.repo(REPO).files.values())
+
+
+def test_no_token_anywhere_is_not_available(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub_client_env(monkeypatch, hub.url, None)
+    _saved_login(monkeypatch, tmp_path / "hf-home", None)
+    assert not hub_token_available()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert hub_token_available()
+
+
+def test_failing_token_lookup_is_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing() -> str:
+        raise RuntimeError("OIDC exchange failed")
+
+    monkeypatch.setattr(hf_upload, "get_token", failing)
+    assert not hub_token_available()

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scrna_assets.core.parquet_io import PARQUET_CODECS, ChunkWriter, chunk_files, iter_chunk_tables
+from scrna_assets.core import parquet_io
+from scrna_assets.core.atomic_files import WriteError
+from scrna_assets.core.parquet_io import (
+    MAX_ROW_GROUP_BYTES,
+    PARQUET_CODECS,
+    ChunkWriter,
+    chunk_files,
+    iter_chunk_tables,
+    row_group_slices,
+    write_chunk_file,
+)
 
 
 def rows(start: int, stop: int) -> pa.Table:
@@ -114,3 +125,85 @@ def test_writes_are_deterministic(tmp_path: Path) -> None:
         writer.write(rows(0, 7))
         outputs.append([p.read_bytes() for p in writer.close()])
     assert outputs[0] == outputs[1]
+
+
+# -- row groups the Hub's viewer reads, and a page index ------------------------------------------
+def big_rows(n: int, width: int = 100_000) -> pa.Table:
+    """``n`` rows of ``width``-byte strings (one shared buffer per column: ~n x width bytes)."""
+    return pa.table({"i": pa.array(range(n), type=pa.int64()), "s": [f"{k:08d}".ljust(width, "x") for k in range(n)]})
+
+
+def row_group_sizes(path: Path) -> list[int]:
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups)]
+
+
+def test_large_table_is_written_as_row_groups_of_at_most_100_mb(tmp_path: Path) -> None:
+    """1,200 rows x 100 kB (~120 MB in memory) become 2 row groups, each <= 100 MB uncompressed as
+    the viewer counts it, with every row back in order and a page index."""
+    table = big_rows(1200)
+    assert table.nbytes > MAX_ROW_GROUP_BYTES
+    path = tmp_path / "chunk_0000.parquet"
+    write_chunk_file(table, path, "zstd")
+    sizes = row_group_sizes(path)
+    assert len(sizes) == 2 and all(size <= MAX_ROW_GROUP_BYTES for size in sizes), sizes
+    metadata = pq.ParquetFile(path).metadata
+    assert [metadata.row_group(g).num_rows for g in range(2)] == [600, 600]
+    assert all(metadata.row_group(g).column(c).has_offset_index for g in range(2) for c in range(2))
+    assert pq.read_table(path).equals(table)
+
+
+def test_uneven_rows_still_fit_each_row_group(tmp_path: Path) -> None:
+    """Rows of very different lengths (long ones first): equal row counts would overflow the first
+    row group, so it is cut shorter; rows 1-by-1 are unchanged and each group fits."""
+    table = pa.concat_tables([big_rows(700, 150_000), big_rows(700, 10_000)])
+    assert table.nbytes > MAX_ROW_GROUP_BYTES
+    path = tmp_path / "chunk_0000.parquet"
+    write_chunk_file(table, path, "snappy")
+    sizes = row_group_sizes(path)
+    assert len(sizes) >= 2 and all(size <= MAX_ROW_GROUP_BYTES for size in sizes), sizes
+    assert pq.read_table(path).equals(table)
+
+
+def test_row_group_slices_cover_the_rows() -> None:
+    table = big_rows(10, 1000)
+    assert row_group_slices(table) == [table]  # fits: the table itself, one row group
+    parts = row_group_slices(table, target_bytes=3_500)
+    assert [p.num_rows for p in parts] == [3, 3, 3, 1]  # 3 groups of 4 rows would not fit: cut to 3 each
+    assert pa.concat_tables(parts).equals(table)
+    assert [p.num_rows for p in row_group_slices(table, target_bytes=10)] == [1] * 10  # one row may exceed
+
+
+def test_small_table_is_one_row_group_with_a_page_index(tmp_path: Path) -> None:
+    """A chunk that fits: one row group, the bytes of ``pq.write_table(..., write_page_index=True)``."""
+    writer = ChunkWriter(tmp_path / "c", "zstd", 100)
+    writer.write(rows(0, 50))
+    writer.write(rows(50, 80))  # two in-memory chunks, written as they are
+    (path,) = writer.close()
+    metadata = pq.ParquetFile(path).metadata
+    assert metadata.num_row_groups == 1
+    column = metadata.row_group(0).column(0)
+    assert column.has_offset_index and column.has_column_index
+    pq.write_table(pa.concat_tables([rows(0, 50), rows(50, 80)]), tmp_path / "want.parquet", compression="zstd", write_page_index=True)
+    assert path.read_bytes() == (tmp_path / "want.parquet").read_bytes()
+
+
+def test_failed_write_removes_the_partial_file_and_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk filling up after the first row group: a WriteError naming the file, and no partial file."""
+    path = tmp_path / "chunk_0000.parquet"
+    real = pq.ParquetWriter.write_table
+    calls = []
+
+    def filling_up(self, table, *args, **kwargs):
+        calls.append(table.num_rows)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", filling_up)
+    monkeypatch.setattr(parquet_io, "ROW_GROUP_TARGET_BYTES", 20_000)
+    with pytest.raises(WriteError) as caught:
+        write_chunk_file(big_rows(30, 1000), path, "zstd")  # ~30 kB: 2 row groups of 15 rows
+    assert calls == [15, 15]
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(path))
+    assert not path.exists()

@@ -409,3 +409,50 @@ def test_nothing_to_train_on_is_said(tmp_path: Path) -> None:
     result, _, _ = run_split(tmp_path, "out", split_by="auto")
     assert (result.train_cells, result.test_cells, result.without_age) == (0, 0, 5)
     assert result.notes == ["no cell has an age: nothing to train on"]
+
+
+# -- progress callbacks (split_chunks, add_ages) -----------------------------------------------------
+
+
+def folder_bytes(folder: Path | None) -> dict[str, bytes]:
+    assert folder is not None
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("chunk_*.parquet"))}
+
+
+@pytest.mark.parametrize("slices", [((0, 10), (10, 20), (20, 30), (30, 40)), ((0, 13), (13, 13), (13, 40))], ids=["4x10", "13-0-27"])
+def test_split_progress_per_input_chunk_and_same_bytes(tmp_path: Path, slices: tuple[tuple[int, int], ...]) -> None:
+    """One call per input chunk in input cells (kept or not), an empty chunk adding none; the
+    last, (40, 40), once every output file is on disk; outputs byte-identical without it."""
+    make_input(tmp_path, slices)
+    calls: list[tuple[int, int]] = []
+    seen: list[dict[str, bytes]] = []
+
+    def progress(done: int, total: int) -> None:
+        calls.append((done, total))
+        seen.append(folder_bytes(tmp_path / "with" / "train"))
+
+    _, train, test = run_split(tmp_path, "with", progress=progress)
+    _, train_0, test_0 = run_split(tmp_path, "without")
+    ends = sorted({stop for _, stop in slices})
+    assert calls == [(end, 40) for end in ends]
+    assert seen[-1] == folder_bytes(train) == folder_bytes(train_0)
+    assert folder_bytes(test) == folder_bytes(test_0)
+
+
+def test_split_progress_of_zero_cells(tmp_path: Path) -> None:
+    make_input(tmp_path, ((0, 0),))
+    calls: list[tuple[int, int]] = []
+    run_split(tmp_path, "out", progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(0, 0)]
+
+
+def test_add_ages_progress_per_chunk_and_same_bytes(tmp_path: Path) -> None:
+    """add_ages: one call per non-empty chunk written (13, 0 and 27 cells: two calls)."""
+    from scrna_assets.core.add_age import add_ages
+
+    make_input(tmp_path)
+    calls: list[tuple[int, int]] = []
+    add_ages(tmp_path / "in", tmp_path / "with", "zstd", progress=lambda d, t: calls.append((d, t)))
+    add_ages(tmp_path / "in", tmp_path / "without", "zstd")
+    assert calls == [(13, 40), (40, 40)]
+    assert folder_bytes(tmp_path / "with") == folder_bytes(tmp_path / "without")

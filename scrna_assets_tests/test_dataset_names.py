@@ -2,7 +2,7 @@
 
 import pytest
 
-from scrna_assets.partitions import dataset_name, sanitize_name
+from scrna_assets.dataset_names import dataset_name, sanitize_name
 
 
 @pytest.mark.parametrize(
