@@ -262,3 +262,6 @@ def hf_upload(context: AssetExecutionContext, settings: PipelineSettings, train_
             record = upload_dataset(train_test_splits, repo_id, settings.private, details)
         step.figures.update(record)
     return Output(record, metadata=dict(record))
+
+
+ALL_ASSETS = [hgnc_mapper, parquet_chunks, aged_chunks, train_test_splits, hf_upload]

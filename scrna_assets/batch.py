@@ -81,7 +81,7 @@ class Batch:
         process = self.processes.Process(target=run_task, args=(task, sender), name=f"scrna-{task.dataset or 'hgnc'}")
         process.start()
         sender.close()  # the child's end: end of file on the pipe once the child is gone
-        done, running = None, None
+        done, running, last = None, None, None
         while True:
             try:
                 message = receiver.recv()
@@ -89,6 +89,7 @@ class Batch:
                 break
             if message[0] == "step":
                 running = message[1] if message[2] is None else None
+                last = message[1]
                 self.reporter.step(message[1], message[2])
             elif message[0] == "progress":
                 self.reporter.progress(*message[1:])
@@ -98,7 +99,7 @@ class Batch:
                 done = message[1]
         process.join()
         receiver.close()
-        return done, process.exitcode, running
+        return done, process.exitcode, running or last
 
     def crashed(self, task: DatasetTask, exitcode: int | None, running: int | None) -> StepResult:
         """The record after a dataset process died: its Dagster run marked failed at once, its
@@ -106,14 +107,17 @@ class Batch:
         step = running or task.steps[0]
         result = StepResult(step, BY_NUMBER[step].asset, False, crash_message(exitcode))
         self.reporter.step(step, result)
-        mark_run_failed(self.instance, task.run_id, f"the dataset process {crash_message(exitcode)}")
+        try:
+            mark_run_failed(self.instance, task.run_id, f"the dataset process {crash_message(exitcode)}")
+        except Exception as error:  # the record could not be updated: say so, and go on with the batch
+            self.reporter.note(f"Run {task.run_id} not marked failed: {error}")
         if task.dataset and task.steps == DATASET_STEPS:
             layout = task.layout
             try:
                 with layout.lock(task.dataset, task.run_id):
                     removed = discard_partial(layout, task.dataset)
                 self.reporter.note(f"Cleanup after crash: {', '.join(str(p) for p in removed) or 'nothing partial was left'}")
-            except DatasetBusyError as error:
+            except (DatasetBusyError, OSError) as error:
                 self.reporter.note(f"No cleanup after crash: {error}")
         return result
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -146,9 +146,16 @@ class StepReporter(EchoReporter):
         pass
 
 
-def _fail_usage(message: str) -> None:
+def _fail_usage(message: str) -> NoReturn:
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def _load(given: dict[str, Any]) -> Settings:
+    try:
+        return Settings.load(given)
+    except SettingsError as error:
+        _fail_usage("; ".join(error.problems))
 
 
 def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -> Settings:
@@ -229,7 +236,7 @@ def run_all(
     if example:
         from scrna_assets.core.example import write_example
 
-        h5ad, example_hgnc = write_example(Path(Settings.load(options.given).input_dir))
+        h5ad, example_hgnc = write_example(Path(_load(options.given).input_dir))
         typer.echo(f"Example dataset written to {h5ad}")
         target, options.batch_mode = h5ad, False
         options.given = {"hgnc_file": str(example_hgnc), **options.given, "offline": True}
@@ -276,7 +283,7 @@ def register(
     from scrna_assets.runner import PipelineRunner, cli_instance
     from scrna_assets.resources import PipelineSettings
 
-    settings = Settings.load()
+    settings = _load({})
     files: list[Path] = []
     for path in paths or [Path(settings.input_dir)]:
         path = path.resolve()

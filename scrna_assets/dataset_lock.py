@@ -68,8 +68,11 @@ class DatasetLock:
             "run_id": self.run_id, "pid": os.getpid(), "host": socket.gethostname(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+        except OSError:  # e.g. disk full: the record only informs a refused run; the lock itself holds
+            pass
         _HELD[key] = [fd, 1]
 
     def release(self) -> None:

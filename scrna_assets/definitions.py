@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
-from scrna_assets.assets import aged_chunks, hf_upload, hgnc_mapper, parquet_chunks, train_test_splits
+from scrna_assets.assets import ALL_ASSETS
 from scrna_assets.checks import ALL_CHECKS
-from scrna_assets.io_manager import DatasetIOManager
+from scrna_assets.io_manager import build_resources
 from scrna_assets.jobs import dataset_job, hgnc_job
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.settings import Settings
 from scrna_assets.sensors import h5ad_file_sensor
-
-ALL_ASSETS = [hgnc_mapper, parquet_chunks, aged_chunks, train_test_splits, hf_upload]
-
-
-def build_resources(settings: PipelineSettings) -> dict[str, object]:
-    return {"settings": settings, "io_manager": DatasetIOManager(settings=settings)}
-
 
 def build_definitions(settings: PipelineSettings) -> Definitions:
     return Definitions(

@@ -59,6 +59,7 @@ class DatasetIOManager(ConfigurableIOManager):
         A run that cannot have it fails here, having written and deleted nothing. The run is also
         tagged with the process that executes it, so a run whose process dies can be found and
         marked failed (``run_liveness``)."""
+        self.settings.model()  # a run config that breaks a bound or a choice fails here, before any work
         run = context.dagster_run
         if run is not None and context.instance is not None:
             context.instance.add_run_tags(run.run_id, process_tags())
@@ -122,3 +123,6 @@ class DatasetIOManager(ConfigurableIOManager):
         return folder
 
 
+def build_resources(settings: PipelineSettings) -> dict[str, object]:
+    """The resources every run needs: the settings, and the IO manager built on them."""
+    return {"settings": settings, "io_manager": DatasetIOManager(settings=settings)}

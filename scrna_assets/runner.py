@@ -33,11 +33,12 @@ from dagster import (
 
 from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.core.atomic_files import write_bytes_atomic
-from scrna_assets.definitions import ALL_ASSETS, build_resources
+from scrna_assets.assets import ALL_ASSETS
+from scrna_assets.io_manager import build_resources
 from scrna_assets.partitions import DATASETS_PARTITIONS_NAME
 from scrna_assets.progress import parse_progress_line
 from scrna_assets.resources import PipelineSettings
-from scrna_assets.steps import BY_NUMBER, CHECKED_ASSET
+from scrna_assets.steps import BY_NUMBER, CHECKED_ASSET, PARQUET_CHUNKS
 
 DEFAULT_DAGSTER_HOME = ".dagster"
 CLI_JOB = "preprocess_steps"
@@ -210,8 +211,8 @@ class PipelineRunner:
         step start and end. Returns the results of the steps that ran, in order."""
         assets = {BY_NUMBER[step].asset: step for step in steps}
         run_config: dict[str, Any] = {"loggers": _loggers_config(self.debug)}
-        if "parquet_chunks" in assets and h5ad_path is not None:
-            run_config["ops"] = {"parquet_chunks": {"config": {"h5ad_path": str(h5ad_path)}}}
+        if PARQUET_CHUNKS in assets and h5ad_path is not None:
+            run_config["ops"] = {PARQUET_CHUNKS: {"config": {"h5ad_path": str(h5ad_path)}}}
         events = _StepEvents(assets, on_step, on_progress)
         definitions = Definitions(
             assets=[*ALL_ASSETS, *ALL_CHECKS],

@@ -109,7 +109,7 @@ class Settings(BaseModel):
                 values[name], sources[name] = given[name], option_name(name)
                 if name in PATHS:
                     values[name] = str(Path(given[name]).resolve())
-            elif env_name(name) in env:
+            elif env.get(env_name(name)) or (env_name(name) in env and name not in PATHS):
                 values[name], sources[name] = _from_text(name, env[env_name(name)]), env_name(name)
                 if name in PATHS and values[name]:
                     values[name] = str((home / values[name]).resolve())

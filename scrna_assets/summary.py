@@ -63,7 +63,7 @@ def render_summary(
         lines += [
             "", f"Load {loaded.dataset}:",
             f"  datasets.load_dataset({str(repo_id or folder)!r})",
-            f"  polars.read_parquet({str(folder / '*' / 'chunks' / '*.parquet')!r})",
+            f"  polars.read_parquet({str(folder / '**' / '*.parquet')!r})",
         ]
     return "\n".join(lines)
 

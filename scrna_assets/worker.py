@@ -29,7 +29,7 @@ from scrna_assets.logs import DatasetLog
 from scrna_assets.provenance import mapping_digest, stale_reason
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.runner import PipelineRunner, StepResult, cli_instance
-from scrna_assets.steps import BY_NUMBER, DATASET_STEPS, INTERIM_ASSETS
+from scrna_assets.steps import AGED_CHUNKS, BY_NUMBER, DATASET_STEPS, INTERIM_ASSETS, PARQUET_CHUNKS, TRAIN_TEST_SPLITS
 from scrna_assets.summary import FAILED, SKIPPED, SUCCESS, DatasetOutcome
 
 READ_ENVIRONMENT_AT_IMPORT = ("huggingface_hub.constants",)
@@ -190,8 +190,8 @@ def outcome(dataset: str, path: Path | None, results: list[StepResult]) -> Datas
         input_file=str(path),
         status=FAILED if failed or errors else SUCCESS,
         message=message,
-        cells_read=int(figures.get("parquet_chunks", {}).get("cells", 0)),
-        cells_with_age=int(figures.get("aged_chunks", {}).get("cells_with_age", 0)),
-        train_cells=int(figures.get("train_test_splits", {}).get("train_cells", 0)),
-        test_cells=int(figures.get("train_test_splits", {}).get("test_cells", 0)),
+        cells_read=int(figures.get(PARQUET_CHUNKS, {}).get("cells", 0)),
+        cells_with_age=int(figures.get(AGED_CHUNKS, {}).get("cells_with_age", 0)),
+        train_cells=int(figures.get(TRAIN_TEST_SPLITS, {}).get("train_cells", 0)),
+        test_cells=int(figures.get(TRAIN_TEST_SPLITS, {}).get("test_cells", 0)),
     )

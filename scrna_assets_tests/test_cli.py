@@ -260,7 +260,7 @@ def test_step_one_warnings_reach_the_console_and_the_summary(in_tmp: Path, examp
     load = lines[lines.index("Load example_cellxgene:") + 1:]
     assert load[:2] == [
         f"  datasets.load_dataset('{in_tmp / 'data/output/example_cellxgene'}')",
-        f"  polars.read_parquet('{in_tmp / 'data/output/example_cellxgene/*/chunks/*.parquet'}')",
+        f"  polars.read_parquet('{in_tmp / 'data/output/example_cellxgene/**/*.parquet'}')",
     ]
 
 
@@ -296,3 +296,12 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere(in_tmp: Path)
     finals = [line[: line.index(")") + 1] for line in piped.stdout.splitlines() if line.startswith("  step ")]
     assert finals == ["  step 2: 3,000/3,000 cells (100 %)", "  step 3: 3,000/3,000 cells (100 %)", "  step 4: 3,000/3,000 cells (100 %)"]
     assert "\x1b[" not in piped.stdout
+
+
+def test_a_bad_variable_is_a_usage_error_and_an_option_overrides_it(in_tmp: Path) -> None:
+    refused = CliRunner().invoke(app, ["run-all", "x.h5ad"], env={"SCRNA_CHUNK_SIZE": "0"})
+    assert (refused.exit_code, refused.output.strip()) == (2, "Error: SCRNA_CHUNK_SIZE must be >= 1 (got '0')")
+    example = CliRunner().invoke(app, ["run-all", "--example", "--chunk-size", "0"])
+    assert (example.exit_code, example.output.strip()) == (2, "Error: --chunk-size must be >= 1 (got 0)")
+    overridden = CliRunner().invoke(app, ["run-all", "nothing.h5ad", "--chunk-size", "100"], env={"SCRNA_CHUNK_SIZE": "0"})
+    assert overridden.exit_code == 1 and "no such file" in overridden.output  # got past the settings

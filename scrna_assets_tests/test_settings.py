@@ -98,3 +98,8 @@ def test_importing_the_cli_imports_no_heavy_library() -> None:
               "print(sorted(m for m in ('dagster', 'numba', 'anndata', 'pyarrow', 'polars', 'huggingface_hub') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_empty_folder_variable_means_the_default(tmp_path: Path) -> None:
+    loaded = Settings.load(environ={"SCRNA_OUTPUT_DIR": "", "SCRNA_HGNC_FILE": "", "SCRNA_REPO_ID": "", "SCRNA_HOME": str(tmp_path)})
+    assert (loaded.output_dir, loaded.hgnc_file, loaded.repo_id) == (str(tmp_path / "data/output"), None, None)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typer.main import get_command
 
 from scrna_assets.cli import app
-from scrna_assets.definitions import ALL_ASSETS, defs
+from scrna_assets.assets import ALL_ASSETS
+from scrna_assets.definitions import defs
 from scrna_assets.layout import DatasetLayout
 from scrna_assets.steps import INTERIM_ASSETS, OUTPUT_ASSET, PARTITIONED_ASSETS, STEPS
 
