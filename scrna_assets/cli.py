@@ -164,25 +164,20 @@ def _prepare(options: Options, target: Optional[Path], repo_per_dataset: bool) -
     given = dict(options.given, repo_per_dataset=repo_per_dataset)
     if options.batch_mode and target is not None:
         given["input_dir"] = str(target)
-    try:
-        settings = Settings.load(given)
-        problems = settings.problems()
-    except SettingsError as error:
-        settings, problems = None, list(error.problems)
-    if settings is not None and settings.repo_id and not options.token:
+    settings = _load(given)
+    problems = settings.problems()
+    if settings.repo_id and not options.token:
         from scrna_assets.core.hf_upload import hub_token_available
 
         if not hub_token_available():
             problems.append("--repo-id needs a token: pass --token, set HF_TOKEN or run `hf auth login`")
     for name in ("interim_dir", "output_dir", "log_dir"):
-        folder = Path(getattr(settings, name)) if settings is not None else None
-        if folder is None:
-            break
+        folder = Path(getattr(settings, name))
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             problems.append(f"{option_name(name)} {folder} cannot be created ({error.strerror})")
-    if problems or settings is None:
+    if problems:
         _fail_usage("; ".join(problems))
     if options.token:
         os.environ["HF_TOKEN"] = options.token  # read by huggingface_hub itself; never in settings or logs
