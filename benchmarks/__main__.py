@@ -1,12 +1,19 @@
-"""``uv run python -m benchmarks [run|scaling|profile|generate] ...``
+"""``uv run python -m benchmarks [run|scaling|batch|profile|generate] ...``
 
 run      one file: the conversion alone and the whole ``preprocess run-all`` (each a child process,
-         peak RSS from ``wait4`` and from sampling the process tree), the naive reference on the
+         peak RSS from ``wait4``, peak RSS and PSS from sampling the process tree), the naive reference on the
          first ``--naive-cells`` cells, a sample check of the output; JSON + Markdown result.
          The conversion runs with the default (random) tie-break and, alternating with it, with
          the position tie-break: the difference is what the random tie-break costs.
 scaling  the same at several sizes (default 10,000 and 100,000 cells), with the ratios of time
          and peak RSS between them.
+batch    many small files against one big one: ``preprocess run-all BIG --offline`` on one
+         ``--big-cells`` file, then ``preprocess run-all FOLDER --batch-mode --offline`` on
+         ``--files`` files of ``--cells-per-file`` cells (each its own seed), both in this run.
+         Reports cells/s of each and their ratio, the step seconds from the logs, the per-file
+         overhead (a dataset process's seconds in batch_summary.json minus its steps' own
+         seconds; median and max), run-all over its conversion step, and the peak RSS and PSS
+         of the whole process tree (PSS does not double-count pages forked children share).
 profile  per-stage time of the previous and the current conversion, one thread, in sequence.
 generate write a synthetic CellxGene-like h5ad file.
 
@@ -23,7 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.runner import REPO, Settings, run_benchmark, run_scaling
+from benchmarks.runner import REPO, Settings, run_batch_benchmark, run_benchmark, run_scaling
 
 DEFAULT_OUT = REPO / "benchmarks" / "results"
 
@@ -33,9 +40,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nnz", type=int, default=2000, help="mean non-zeros per cell of synthetic inputs (default 2,000)")
     parser.add_argument("--top-genes", type=int, default=2000, help="genes per sentence, 0 = all (default 2,000)")
     parser.add_argument("--chunk-size", type=int, default=10_000, help="cells per chunk (default 10,000)")
-    parser.add_argument("--compression", default="zstd")
+    parser.add_argument("--compression", default="zstd", help="codec of outputs, of the conversion alone and of the naive reference (default zstd)")
+    parser.add_argument("--interim-compression", default="lz4", help="codec of run-all's interim chunks (default lz4, the pipeline's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs and of the sample check")
     parser.add_argument("--work", type=Path, default=Settings().work, help="folder for inputs and outputs (default: %(default)s)")
+
+
+def _outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-outputs", action="store_true", help="keep the parquet outputs under --work")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and Markdown results (default: %(default)s)")
 
 
 def _measured(parser: argparse.ArgumentParser) -> None:
@@ -47,14 +60,13 @@ def _measured(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-run-all", action="store_true", help="measure the conversion only")
     parser.add_argument("--skip-tie-break-compare", action="store_true",
                         help="do not also convert with the position tie-break (one conversion less per repeat)")
-    parser.add_argument("--keep-outputs", action="store_true", help="keep the parquet outputs under --work")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and Markdown results (default: %(default)s)")
+    _outputs(parser)
 
 
 def _settings(args: argparse.Namespace, cells: int) -> Settings:
     return Settings(
         cells=cells, genes=args.genes, nnz=args.nnz, top_genes=args.top_genes, chunk_size=args.chunk_size,
-        compression=args.compression, seed=args.seed, input=getattr(args, "input", None),
+        compression=args.compression, interim_compression=args.interim_compression, seed=args.seed, input=getattr(args, "input", None),
         naive_cells=args.naive_cells, check_cells=args.check_cells, repeat=args.repeat,
         run_all=not args.skip_run_all, naive=args.naive_cells > 0, threads=args.threads,
         work=args.work, keep_outputs=args.keep_outputs, tie_break_compare=not args.skip_tie_break_compare,
@@ -75,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     scaling = sub.add_parser("scaling", help="benchmark several sizes and compare")
     scaling.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000], help="sizes (default 10,000 100,000)")
     _measured(scaling)
+
+    batch = sub.add_parser("batch", help="a batch of small files against one big file, whole run-all each")
+    batch.add_argument("--files", type=int, default=20, help="small files in the batch (default 20)")
+    batch.add_argument("--cells-per-file", type=int, default=5000, help="cells of each small file (default 5,000)")
+    batch.add_argument("--big-cells", type=int, default=100_000, help="cells of the big file (default 100,000)")
+    batch.add_argument("--workers", type=int, default=None, help="passed to preprocess as --workers N (default: not passed)")
+    _common(batch)
+    _outputs(batch)
 
     prof = sub.add_parser("profile", help="per-stage time before/after, one thread")
     prof.add_argument("--cells", type=int, default=100_000)
@@ -117,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode == "run":
         result = run_benchmark(_settings(args, args.cells), command)
+    elif args.mode == "batch":
+        settings = Settings(cells=args.big_cells, genes=args.genes, nnz=args.nnz, top_genes=args.top_genes, chunk_size=args.chunk_size,
+                            compression=args.compression, interim_compression=args.interim_compression, seed=args.seed, naive=False,
+                            work=args.work, keep_outputs=args.keep_outputs)
+        result = run_batch_benchmark(settings, args.files, args.cells_per_file, args.workers, command)
     else:
         result = run_scaling(_settings(args, max(args.cells)), sorted(set(args.cells)), command)
     json_path, md_path = report.write(result, args.out)

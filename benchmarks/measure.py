@@ -1,4 +1,4 @@
-"""Run a command as a child process and measure it: wall time, peak RSS, an RSS timeline.
+"""Run a command as a child process and measure it: wall time, peak RSS, an RSS/PSS timeline.
 
 Peak RSS comes from two sources that agree when the child has no children of its own:
 
@@ -6,6 +6,13 @@ Peak RSS comes from two sources that agree when the child has no children of its
   (for a child that spawned and waited for processes, the largest of them, not their sum);
 * sampling ``/proc``: the summed RSS of the child and all its descendants every ``interval``
   seconds, which catches a process tree but can miss a spike shorter than the interval.
+
+Summed RSS counts a page shared by a forked parent and its children (copy-on-write) once per
+process, so it overstates what a forking tree uses. The same samples therefore also sum PSS
+(each shared page split among the processes that map it), which adds up to the memory the tree
+really holds. Both come from one read of ``/proc/<pid>/smaps_rollup`` per process (a walk of its
+page tables, about a millisecond for a GB: cheap enough at the default interval). Where it is
+unreadable, RSS comes from ``statm`` and the PSS figures are 0 (unavailable).
 
 Linux carries the RSS high-water mark of the process that forked (or vforked) a child into the
 child's ``ru_maxrss`` at ``exec``; measured from the benchmark itself (hundreds of MB of pyarrow,
@@ -42,18 +49,22 @@ class Measurement:
     """Largest sampled sum of RSS over the child and its descendants."""
     stdout: str
     stderr: str
-    timeline: list[tuple[float, int]] = field(default_factory=list)
-    """(seconds since start, tree RSS bytes) samples."""
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)
+    """(seconds since start, tree RSS bytes, tree PSS bytes) samples."""
     machine_busy_seconds: float = 0.0
     """CPU seconds all processes on the machine used meanwhile (``/proc/stat``); minus this
     command's own CPU it shows other load that slowed the measurement down."""
+    peak_tree_pss_bytes: int = 0
+    """Largest sampled sum of PSS over the same tree; 0 when smaps_rollup is unreadable."""
 
     @property
     def other_cpu_seconds(self) -> float:
         return max(0.0, self.machine_busy_seconds - self.user_seconds - self.system_seconds)
 
-    def peak_between(self, start: float, end: float) -> int:
-        return max((rss for t, rss in self.timeline if start <= t <= end), default=0)
+    def peak_between(self, start: float, end: float, pss: bool = False) -> int:
+        """Largest tree RSS (or PSS) sampled between ``start`` and ``end`` seconds."""
+        column = 2 if pss else 1
+        return max((sample[column] for sample in self.timeline if start <= sample[0] <= end), default=0)
 
 
 def _children() -> dict[int, list[int]]:
@@ -77,6 +88,18 @@ def _rss(pid: int) -> int:
             return int(handle.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def _memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of ``pid`` in bytes, both from one read of smaps_rollup (one page-table walk,
+    so PSS <= RSS even while the process grows or forks); (RSS from statm, 0) if smaps_rollup is
+    unreadable (no permission, old kernel)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            figures = dict(line.split()[:2] for line in handle if line.startswith((b"Rss:", b"Pss:")))
+        return int(figures[b"Rss:"]) * 1024, int(figures[b"Pss:"]) * 1024
+    except (OSError, KeyError, ValueError):
+        return _rss(pid), 0
 
 
 def busy_cpu_seconds() -> float:
@@ -108,15 +131,23 @@ def _kill(pid: int) -> None:
         pass
 
 
-def tree_rss(pid: int, include_root: bool = True) -> int:
-    """Summed RSS of ``pid`` (unless not ``include_root``) and all its descendants."""
+def tree_memory(pid: int, include_root: bool = True) -> tuple[int, int]:
+    """Summed (RSS, PSS) of ``pid`` (unless not ``include_root``) and all its descendants, from
+    one walk of ``/proc`` so both cover the same processes."""
     tree = _children()
-    total, stack = 0, ([pid] if include_root else list(tree.get(pid, [])))
+    rss = pss = 0
+    stack = [pid] if include_root else list(tree.get(pid, []))
     while stack:
         current = stack.pop()
-        total += _rss(current)
+        memory = _memory(current)
+        rss, pss = rss + memory[0], pss + memory[1]
         stack.extend(tree.get(current, []))
-    return total
+    return rss, pss
+
+
+def tree_rss(pid: int, include_root: bool = True) -> int:
+    """Summed RSS of ``pid`` (unless not ``include_root``) and all its descendants."""
+    return tree_memory(pid, include_root)[0]
 
 
 # The launcher: no site packages, nothing imported but os/sys/json. It forwards the exit code and
@@ -147,12 +178,12 @@ def run_measured(
         started = time.perf_counter()
         busy_before = busy_cpu_seconds()
         process = subprocess.Popen(launcher, env=env, cwd=cwd, stdout=out, stderr=err)
-        timeline: list[tuple[float, int]] = []
+        timeline: list[tuple[float, int, int]] = []
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
-                timeline.append((time.perf_counter() - started, tree_rss(process.pid, include_root=False)))  # not the launcher
+                timeline.append((time.perf_counter() - started, *tree_memory(process.pid, include_root=False)))  # not the launcher
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -187,9 +218,10 @@ def run_measured(
         user_seconds=usage["utime"],
         system_seconds=usage["stime"],
         peak_rss_bytes=usage["maxrss_kb"] * 1024,
-        peak_tree_rss_bytes=max((rss for _, rss in timeline), default=0),
+        peak_tree_rss_bytes=max((rss for _, rss, _ in timeline), default=0),
         stdout=stdout,
         stderr=stderr,
         timeline=timeline,
         machine_busy_seconds=busy,
+        peak_tree_pss_bytes=max((pss for _, _, pss in timeline), default=0),
     )

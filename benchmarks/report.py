@@ -13,6 +13,19 @@ def _mb(value: int | float | None) -> str:
     return "–" if value is None else f"{value / MB:,.0f} MB"
 
 
+def _pss(value: int | None, available: bool | None = None) -> str:
+    """A PSS figure, or "unavailable" where smaps_rollup could not be read: a run's peak of 0.
+    A step's or file's figure takes its run's ``available``: its own 0 may mean no sample fell
+    inside it (shorter than the sampling interval)."""
+    return _mb(value) if (bool(value) if available is None else available) else "unavailable"
+
+
+def _steps(steps: dict[str, dict], pss_available: bool) -> str:
+    """Steps with their own seconds and the tree's peak RSS and PSS while each ran."""
+    return ", ".join(f"{k} {v['seconds']:.1f} s (peak {_mb(v['peak_tree_rss_bytes'])}, PSS {_pss(v.get('peak_tree_pss_bytes'), pss_available)})"
+                     for k, v in steps.items())
+
+
 def _machine(info: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
     return [
@@ -62,7 +75,7 @@ def _details(cells: int, result: dict) -> list[str]:
                      f"throughput (median runs {t['median_cost_percent']} %, CPU of the best runs {t['cpu_cost_percent_of_best_runs']} %)")
     if "run_all" in result:
         r = result["run_all"]
-        steps = ", ".join(f"{k} {v['seconds']:.1f} s (peak {_mb(v['peak_tree_rss_bytes'])})" for k, v in r["steps"].items())
+        steps = _steps(r["steps"], bool(r.get("peak_tree_pss_bytes")))
         if r.get("exit_code"):
             lines.append(f"  - **run-all exited with {r['exit_code']}**: {'; '.join(r['problems'])}")
         lines.append(f"  - run-all = {r['over_conversion']}x the conversion: {steps}; outside the steps (start-up, imports, Dagster runs) "
@@ -92,16 +105,67 @@ def _targets(targets: dict) -> list[str]:
     return lines
 
 
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
+
+def _batch_rows(result: dict) -> list[str]:
+    lines = ["| run | files | cells | wall | cells/s | steps' own seconds, summed | wall with no step running "
+             "| overhead per file, median / max | peak tree RSS | peak tree PSS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, run in (("`run-all` one big file", result["big"]), ("`run-all --batch-mode`", result["batch"])):
+        o = run["overhead"]
+        lines.append(f"| {label} | {run['files']} | {run['cells']:,} | {run['wall_seconds']:.2f} s | {run['cells_per_second']:,} "
+                     f"| {run['in_steps_seconds']:.2f} s | {run['outside_steps_seconds']:.2f} s | {_seconds(o['median_seconds'])} / {_seconds(o['max_seconds'])} "
+                     f"| {_mb(run['peak_tree_rss_bytes'])} | {_pss(run['peak_tree_pss_bytes'])} |")
+    return lines
+
+
+def _batch_details(result: dict) -> list[str]:
+    big, batch = result["big"], result["batch"]
+    inputs = result["inputs"]["batch"]
+    lines = [f"- Batch {batch['cells_per_second']:,} cells/s = {result['batch_over_big_cells_per_second']}x the big file's "
+             f"{big['cells_per_second']:,} cells/s ({inputs['files']} files of {inputs['cells_per_file']:,} cells against one of "
+             f"{result['inputs']['big']['cells']:,})"]
+    for label, run in (("big file", big), ("batch", batch)):
+        if run["exit_code"]:
+            lines.append(f"  - **{label}: run-all exited with {run['exit_code']}**: {'; '.join(run['problems'])}")
+    step = big["step_seconds"].get("parquet_chunks")
+    big_steps = next(iter(big["datasets"].values()), {}).get("steps", {})
+    lines.append(f"  - big file: run-all = {_ratio(big['over_conversion_step'])} its conversion step ({_seconds(step)}, "
+                 f"{big['conversion_step_cells_per_second'] or 0:,} cells/s); steps: {_steps(big_steps, bool(big['peak_tree_pss_bytes'])) or '–'}; "
+                 f"other processes used {big['other_load_cpu_seconds']:.1f} CPU s meanwhile")
+    totals = ", ".join(f"{k} {v:.1f} s" for k, v in batch["step_seconds"].items())
+    lines.append(f"  - batch: steps summed over the files: {totals or '–'}; peak tree PSS growth last file / first "
+                 f"{_ratio(batch['memory_growth_pss'])} (RSS {_ratio(batch['memory_growth_rss'])}); "
+                 f"other processes used {batch['other_load_cpu_seconds']:.1f} CPU s meanwhile")
+    lines += ["", "Per file of the batch (overhead = the process's seconds as the parent saw them minus its steps' own seconds; "
+              "peaks over the whole tree while the file's steps ran, so files processed at once share them):", "",
+              "| dataset | status | process | in steps | overhead | parquet_chunks | peak tree RSS | peak tree PSS |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, d in batch["datasets"].items():
+        steps = sum(v["seconds"] for v in d["steps"].values())
+        conversion = d["steps"].get("parquet_chunks", {}).get("seconds")
+        lines.append(f"| {name} | {d['status']} | {d['process_seconds']:.2f} s | {steps:.2f} s | {_seconds(batch['overhead']['per_file'][name])} "
+                     f"| {_seconds(conversion)} | {_mb(d['peak_tree_rss_bytes'])} | {_pss(d['peak_tree_pss_bytes'], bool(batch['peak_tree_pss_bytes']))} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Conversion benchmark ({report['kind']})", "", f"Command: `{report['command']}`", ""]
     lines += _machine(report["machine"])
     s = report["settings"]
     lines += [f"- Input: synthetic CSR float32, {s['genes']:,} genes, ~{s['nnz']:,} non-zeros per cell, top {s['top_genes']:,} genes, "
-              f"chunk size {s['chunk_size']:,}, {s['compression']}" if not s["input"] else f"- Input: {s['input']}", ""]
+              f"chunk size {s['chunk_size']:,}, outputs {s['compression']}, run-all's interim chunks {s.get('interim_compression', s['compression'])}" if not s["input"] else f"- Input: {s['input']}", ""]
     if report["kind"] == "single":
         result = report["result"]
         cells = result["input"]["cells"]
         lines += HEADER + _rows(cells, result) + [""] + _details(cells, result) + [""] + _targets(result["targets"])
+    elif report["kind"] == "batch":
+        result = report["result"]
+        workers = report["workers"]
+        lines.insert(-1, f"- preprocess workers: {workers if workers is not None else 'its default'}")
+        lines += _batch_rows(result) + [""] + _batch_details(result) + [""] + _targets(result["targets"])
     else:
         lines += HEADER
         for cells, result in report["results"].items():

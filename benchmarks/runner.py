@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import operator
 import os
-import re
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +31,13 @@ TARGET_SPEEDUP_OVER_NAIVE = 25
 TARGET_PEAK_RSS_BYTES = 1.5e9
 TARGET_RSS_GROWTH_10X = 1.2
 TARGET_RANDOM_TIE_BREAK_COST_PERCENT = 10  # of conversion cells/s, against the position tie-break
+# The batch issue's targets (``batch`` mode: many small files against one big one).
+TARGET_BATCH_OVER_BIG_CELLS_PER_SECOND = 0.70
+TARGET_OVERHEAD_PER_FILE_SECONDS = 0.5  # a dataset process's seconds outside its steps' own work
+TARGET_RUN_ALL_OVER_CONVERSION_STEP = 1.6  # run-all wall / its parquet_chunks step
+TARGET_CONVERSION_STEP_CELLS_PER_SECOND = 15_000
+TARGET_PEAK_TREE_MEMORY_BYTES = 1.5e9  # the whole process tree (preprocess forks dataset processes)
+TARGET_BATCH_MEMORY_GROWTH = 1.2  # "flat": the last file's peak over the first's (the issue gives no figure)
 CONVERSION_DATASET = "benchmark"  # the dataset name benchmarks.convert_child and benchmarks.naive convert under
 STEPS = ("parquet_chunks", "aged_chunks", "train_test_splits", "hf_upload")
 
@@ -42,6 +50,9 @@ class Settings:
     top_genes: int = 2000
     chunk_size: int = 10_000
     compression: str = "zstd"
+    """Codec of the output files, and of the conversion alone and the naive reference (compared like for like)."""
+    interim_compression: str = "lz4"
+    """Codec of ``run-all``'s interim chunks (the pipeline's default)."""
     seed: int = 0
     input: Path | None = None
     naive_cells: int = 10_000
@@ -66,22 +77,37 @@ def synthetic_path(settings: Settings, cells: int) -> Path:
     return settings.work / "inputs" / name
 
 
-def input_file(settings: Settings, cells: int, log) -> tuple[Path, float | None]:
-    """The given file, or a synthetic one made once and reused (the generator is deterministic)."""
-    if settings.input is not None:
-        return settings.input.resolve(), None
-    path = synthetic_path(settings, cells)
+def _synthetic(path: Path, cells: int, settings: Settings, seed: int, log) -> float | None:
+    """Write ``path`` unless it exists: the generator is deterministic and renames a whole file
+    into place, so a file found is the one it would write. Seconds spent, None if reused."""
     if path.exists():
-        return path, None
+        return None
     from scrna_assets.core.synthetic import write_synthetic_h5ad
 
     path.parent.mkdir(parents=True, exist_ok=True)
     log(f"generating {path.name} ...")
     started = time.perf_counter()
-    write_synthetic_h5ad(path, cells, settings.genes, settings.nnz, seed=settings.seed)
+    write_synthetic_h5ad(path, cells, settings.genes, settings.nnz, seed=seed)
     seconds = time.perf_counter() - started
     log(f"  generated in {seconds:.1f} s ({path.stat().st_size / MB:.0f} MB)")
-    return path, seconds
+    return seconds
+
+
+def input_file(settings: Settings, cells: int, log) -> tuple[Path, float | None]:
+    """The given file, or a synthetic one made once and reused."""
+    if settings.input is not None:
+        return settings.input.resolve(), None
+    path = synthetic_path(settings, cells)
+    return path, _synthetic(path, cells, settings, settings.seed, log)
+
+
+def batch_inputs(settings: Settings, files: int, cells: int, log) -> tuple[Path, float | None]:
+    """A folder of ``files`` synthetic files, file ``i`` with seed ``seed + i`` (distinct data),
+    made once and reused. The folder holds nothing else: ``--batch-mode`` takes every *.h5ad."""
+    folder = settings.work / "inputs" / f"batch_{files}x{cells}x{settings.genes}_nnz{settings.nnz}_seed{settings.seed}"
+    spent = [_synthetic(folder / f"part_{i:03d}_seed{settings.seed + i}.h5ad", cells, settings, settings.seed + i, log) for i in range(files)]
+    made = [s for s in spent if s is not None]
+    return folder, (round(sum(made), 1) if made else None)
 
 
 def folder_bytes(folder: Path) -> int:
@@ -101,6 +127,7 @@ def _figures(measurement: Measurement) -> dict:
         "other_load_cpu_seconds": round(measurement.other_cpu_seconds, 2),
         "peak_rss_bytes": measurement.peak_rss_bytes,
         "peak_tree_rss_bytes": measurement.peak_tree_rss_bytes,
+        "peak_tree_pss_bytes": measurement.peak_tree_pss_bytes,
     }
 
 
@@ -164,56 +191,82 @@ def tie_break_cost(random: dict, position: dict) -> dict:
             "cost_percent": best, "median_cost_percent": median, "cpu_cost_percent_of_best_runs": cpu, "runs_each": len(random["runs"])}
 
 
-def _step_times(log_file: Path, launched: float) -> dict[str, dict]:
-    """Per asset: start and end (seconds after launch) from the dataset's pipeline.log."""
+def step_times(pipeline_json: Path, launched: float) -> dict[str, dict]:
+    """Per step of one dataset, from its ``pipeline.json``: start and end (seconds after launch)
+    and the step's own seconds (its ``seconds`` figure, else end - start: a skipped upload
+    reports none). Only steps that ended; a step run twice counts its last run."""
     steps: dict[str, dict] = {}
-    if not log_file.exists():
+    if not pipeline_json.exists():
         return steps
-    for line in log_file.read_text().splitlines():
-        match = re.match(r"(\S+)\s+\w+\s+\[[^\]]*\] (\w+): (start|end)", line)
-        if not match:
+    for line in pipeline_json.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") not in ("start", "end"):
             continue
-        stamp = datetime.datetime.fromisoformat(match.group(1)).timestamp() - launched
-        steps.setdefault(match.group(2), {})[match.group(3)] = stamp
-    return {k: v for k, v in steps.items() if "start" in v and "end" in v}
+        stamp = datetime.datetime.fromisoformat(record["time"]).timestamp() - launched
+        if record["event"] == "start":
+            steps[record["step"]] = {"start": stamp}
+        elif record["step"] in steps:
+            step = steps[record["step"]]
+            step["end"] = stamp
+            step["seconds"] = round(float(record.get("figures", {}).get("seconds", stamp - step["start"])), 3)
+    return {k: v for k, v in steps.items() if "end" in v}
+
+
+def _peaks(measurement: Measurement, start: float | None, end: float | None) -> dict[str, int]:
+    """The tree's peak RSS and PSS sampled between ``start`` and ``end`` (0: no sample, or no window)."""
+    if start is None or end is None:
+        return {"peak_tree_rss_bytes": 0, "peak_tree_pss_bytes": 0}
+    return {"peak_tree_rss_bytes": measurement.peak_between(start, end), "peak_tree_pss_bytes": measurement.peak_between(start, end, pss=True)}
+
+
+def step_breakdown(steps: dict[str, dict], measurement: Measurement) -> dict[str, dict]:
+    """Per step (pipeline order): its own seconds and the tree's peak RSS and PSS while it ran."""
+    return {name: {"seconds": steps[name]["seconds"], **_peaks(measurement, steps[name]["start"], steps[name]["end"])}
+            for name in STEPS if name in steps}
+
+
+def preprocess_run_all(target: Path, settings: Settings, root: Path, batch: bool = False, workers: int | None = None) -> tuple[Measurement, float]:
+    """``preprocess run-all TARGET --offline`` (``--batch-mode`` for a folder) in a fresh ``root``
+    with its own input/interim/output/log folders and no DAGSTER_HOME, so it uses the instance a
+    user gets by default (``root/.dagster``), and no earlier run or the caller's SCRNA_/HF_
+    settings change it. Returns the measurement and the launch time (epoch)."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRNA_", "DAGSTER_HOME", "HF_"))}
+    command = [
+        str(BIN / "preprocess"), "run-all", str(target), "--offline",
+        "--input-dir", str(root / "input"), "--interim-dir", str(root / "interim"),
+        "--output-dir", str(root / "output"), "--log-dir", str(root / "logs"),
+        "--chunk-size", str(settings.chunk_size), "--top-genes", str(settings.top_genes),
+        "--compression", settings.compression, "--interim-compression", settings.interim_compression,
+    ]
+    command += ["--batch-mode"] if batch else []
+    command += ["--workers", str(workers)] if workers is not None else []
+    launched = time.time()
+    return run_measured(command, env=env, cwd=root), launched
+
+
+def _problems(measurement: Measurement) -> list[str]:
+    """The ✗ lines preprocess printed, else the end of stderr if it failed."""
+    problems = [line.strip() for line in measurement.stdout.splitlines() if line.lstrip().startswith("✗")]
+    return problems or ([measurement.stderr.strip()[-500:]] if measurement.exit_code else [])
 
 
 def run_run_all(path: Path, settings: Settings, work: Path) -> dict:
     """``preprocess run-all FILE --offline`` with its own DAGSTER_HOME and folders."""
     root = work / "run_all"
-    shutil.rmtree(root, ignore_errors=True)
-    home = root / "dagster_home"
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCRNA_", "DAGSTER_HOME", "HF_"))}
-    env["DAGSTER_HOME"] = str(home)
-    command = [
-        str(BIN / "preprocess"), "run-all", str(path), "--offline",
-        "--input-dir", str(root / "input"), "--interim-dir", str(root / "interim"),
-        "--output-dir", str(root / "output"), "--log-dir", str(root / "logs"),
-        "--chunk-size", str(settings.chunk_size), "--top-genes", str(settings.top_genes),
-        "--compression", settings.compression,
-    ]
-    launched = time.time()
-    measurement = run_measured(command, env=env, cwd=root)
+    measurement, launched = preprocess_run_all(path, settings, root)
     dataset = dataset_name(path)
-    problems = [line.strip() for line in measurement.stdout.splitlines() if line.lstrip().startswith("✗")]
-    steps = _step_times(root / "logs" / dataset / "pipeline.log", launched)
-    in_steps = 0.0
-    breakdown = {}
-    for name in STEPS:
-        if name in steps:
-            start, end = steps[name]["start"], steps[name]["end"]
-            in_steps += end - start
-            breakdown[name] = {"seconds": round(end - start, 3), "peak_tree_rss_bytes": measurement.peak_between(start, end)}
+    steps = step_times(root / "logs" / dataset / "pipeline.json", launched)
+    breakdown = step_breakdown(steps, measurement)
     first_start = min((s["start"] for s in steps.values()), default=0.0)
     output = root / "output" / dataset
     return {
         **_figures(measurement),
         "exit_code": measurement.exit_code,
-        "problems": problems or ([measurement.stderr.strip()[-500:]] if measurement.exit_code else []),
+        "problems": _problems(measurement),
         "steps": breakdown,
-        "outside_steps_seconds": round(measurement.wall_seconds - in_steps, 3),
+        "outside_steps_seconds": round(measurement.wall_seconds - sum(s["seconds"] for s in breakdown.values()), 3),
         "before_first_step_seconds": round(first_start, 3),
         "output_bytes": folder_bytes(output),
         "output_files": sorted(str(p) for p in output.rglob("chunk_*.parquet")),
@@ -339,7 +392,8 @@ def judge(result: dict) -> dict:
 
 
 def _target(value, relation: str, limit) -> dict:
-    met = {">=": value >= limit, "<=": value <= limit, "==": value == limit}[relation]
+    """``value`` against ``limit``; None (not measured, e.g. a run that failed) is not met."""
+    met = value is not None and {">=": operator.ge, "<=": operator.le, "==": operator.eq}[relation](value, limit)
     wanted = str(limit) if isinstance(limit, bool) else f"{relation} {limit:g}"
     return {"value": value, "target": wanted, "met": bool(met)}
 
@@ -387,3 +441,154 @@ def scaling_ratios(results: dict[int, dict]) -> list[dict]:
         row["rss_growth_target_met"] = growth_ok
         ratios.append(row)
     return ratios
+
+
+def per_file_overhead(summary: list[dict], step_seconds: dict[str, dict[str, float]]) -> dict:
+    """Per dataset: the seconds its process took as the parent saw it (``batch_summary.json``)
+    minus its steps' own seconds, i.e. start-up, Dagster's run, cleanup: everything that is not
+    a step's work, paid again for every file. Median and max over the files (None if none)."""
+    per_file = {row["dataset"]: round(row["seconds"] - sum(step_seconds.get(row["dataset"], {}).values()), 3) for row in summary}
+    values = list(per_file.values())
+    return {"median_seconds": round(statistics.median(values), 3) if values else None,
+            "max_seconds": max(values, default=None), "per_file": per_file}
+
+
+def covered_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one (start, end) interval: the wall time some step ran, even
+    where dataset processes ran at once."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
+
+
+def memory_growth(datasets: dict[str, dict], key: str) -> float | None:
+    """The peak ``key`` while the last dataset (by start) ran over that of the first: 1.0 is flat."""
+    ordered = sorted((d for d in datasets.values() if d.get("start") is not None), key=lambda d: d["start"])
+    if len(ordered) < 2 or not ordered[0][key]:
+        return None
+    return round(ordered[-1][key] / ordered[0][key], 3)
+
+
+def _dataset_figures(row: dict, steps: dict[str, dict], measurement: Measurement) -> dict:
+    """One dataset of a run: outcome, process seconds, steps, and the tree's peaks from its first
+    step's start to its last step's end (where its data work is)."""
+    start = min((s["start"] for s in steps.values()), default=None)
+    end = max((s["end"] for s in steps.values()), default=None)
+    return {
+        "status": row["status"], "cells": row.get("cells_read", 0), "process_seconds": row["seconds"],
+        "start": None if start is None else round(start, 3), "steps": step_breakdown(steps, measurement),
+        **_peaks(measurement, start, end),
+    }
+
+
+def run_all_figures(measurement: Measurement, log_dir: Path, launched: float, cells: int) -> dict:
+    """A ``run-all`` (one file or a batch) from its measurement and logs: cells/s over the wall
+    time, the steps' own seconds summed (their work; more than the wall time where datasets ran
+    at once), the wall time no step ran, the per-file overhead, and per dataset its figures."""
+    summary_file = log_dir / "batch_summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else []
+    steps = {row["dataset"]: step_times(log_dir / row["dataset"] / "pipeline.json", launched) for row in summary}
+    datasets = {row["dataset"]: _dataset_figures(row, steps[row["dataset"]], measurement) for row in summary}
+    step_seconds = {name: {k: v["seconds"] for k, v in d["steps"].items()} for name, d in datasets.items()}
+    totals: dict[str, float] = {}
+    for seconds in step_seconds.values():
+        for step, value in seconds.items():
+            totals[step] = round(totals.get(step, 0.0) + value, 3)
+    in_steps = sum(totals.values())
+    covered = covered_seconds([(s["start"], s["end"]) for by_step in steps.values() for s in by_step.values()])
+    return {
+        **_figures(measurement),
+        "exit_code": measurement.exit_code,
+        "problems": _problems(measurement),
+        "files": len(summary),
+        "failed_files": sum(row["status"] == "FAILED" for row in summary),
+        "cells": cells,
+        "cells_per_second": round(cells / measurement.wall_seconds),
+        "step_seconds": totals,
+        "in_steps_seconds": round(in_steps, 3),
+        "outside_steps_seconds": round(measurement.wall_seconds - covered, 3),
+        "overhead": per_file_overhead(summary, step_seconds),
+        "memory_growth_pss": memory_growth(datasets, "peak_tree_pss_bytes"),
+        "memory_growth_rss": memory_growth(datasets, "peak_tree_rss_bytes"),
+        "datasets": datasets,
+    }
+
+
+def _over_conversion_step(run: dict) -> dict:
+    """The whole run-all against its own conversion step: wall / step seconds, and the step's cells/s."""
+    step = run["step_seconds"].get("parquet_chunks")
+    if not step:
+        return {"over_conversion_step": None, "conversion_step_cells_per_second": None}
+    return {"over_conversion_step": round(run["wall_seconds"] / step, 2), "conversion_step_cells_per_second": round(run["cells"] / step)}
+
+
+def tree_memory_figure(run: dict) -> tuple[str, int]:
+    """The figure the memory target judges: peak tree PSS (what the tree really holds), or the
+    tree RSS (which double-counts copy-on-write pages) where PSS is unavailable."""
+    return ("pss", run["peak_tree_pss_bytes"]) if run["peak_tree_pss_bytes"] else ("rss", run["peak_tree_rss_bytes"])
+
+
+def judge_batch(result: dict) -> dict:
+    """The batch issue's targets from a ``batch`` result's ``big`` and ``batch`` runs and ratio."""
+    big, batch = result["big"], result["batch"]
+    targets = {
+        "big_run_all_succeeded": _target(big["exit_code"], "==", 0),
+        "batch_run_all_succeeded": _target(batch["exit_code"], "==", 0),
+        "batch_over_big_cells_per_second": _target(result["batch_over_big_cells_per_second"], ">=", TARGET_BATCH_OVER_BIG_CELLS_PER_SECOND),
+        "batch_overhead_per_file_max_seconds": _target(batch["overhead"]["max_seconds"], "<=", TARGET_OVERHEAD_PER_FILE_SECONDS),
+        "big_run_all_over_conversion_step": _target(big["over_conversion_step"], "<=", TARGET_RUN_ALL_OVER_CONVERSION_STEP),
+        "big_conversion_step_cells_per_second": _target(big["conversion_step_cells_per_second"], ">=", TARGET_CONVERSION_STEP_CELLS_PER_SECOND),
+    }
+    for name, run in (("big", big), ("batch", batch)):
+        kind, value = tree_memory_figure(run)
+        targets[f"{name}_peak_tree_{kind}_bytes"] = _target(value, "<=", TARGET_PEAK_TREE_MEMORY_BYTES)
+    kind = tree_memory_figure(batch)[0]
+    targets[f"batch_memory_growth_{kind}"] = _target(batch[f"memory_growth_{kind}"], "<=", TARGET_BATCH_MEMORY_GROWTH)
+    return targets
+
+
+def _run_all_case(target: Path, settings: Settings, root: Path, cells: int, batch: bool, workers: int | None) -> dict:
+    measurement, launched = preprocess_run_all(target, settings, root, batch=batch, workers=workers)
+    run = run_all_figures(measurement, root / "logs", launched, cells)
+    return {**run, **_over_conversion_step(run)}
+
+
+def _log_run(run: dict, log) -> None:
+    overhead = run["overhead"]
+    log(f"  {run['wall_seconds']:.1f} s, {run['cells_per_second']:,} cells/s; steps {run['in_steps_seconds']:.1f} s, "
+        f"overhead per file median {overhead['median_seconds']} s, max {overhead['max_seconds']} s; "
+        f"peak tree RSS {run['peak_tree_rss_bytes'] / MB:.0f} MB, PSS {run['peak_tree_pss_bytes'] / MB:.0f} MB")
+    if run["exit_code"]:
+        log(f"  run-all exited with {run['exit_code']}: {'; '.join(run['problems'])}")
+
+
+def run_batch_benchmark(settings: Settings, files: int, cells_per_file: int, workers: int | None, command: str, log=print) -> dict:
+    """One big file and a batch of small ones, each a whole ``run-all`` in the same benchmark run
+    (so machine load hits both alike): what the batch costs per cell against one big file."""
+    info = machine_info(REPO)
+    started = time.perf_counter()
+    big_path, big_generated = input_file(settings, settings.cells, log)
+    folder, batch_generated = batch_inputs(settings, files, cells_per_file, log)
+    work = settings.work / "runs" / folder.name
+    log(f"[{big_path.name}] preprocess run-all ...")
+    big = _run_all_case(big_path, settings, work / "big", settings.cells, batch=False, workers=workers)
+    _log_run(big, log)
+    log(f"[{folder.name}] preprocess run-all --batch-mode ...")
+    batch = _run_all_case(folder, settings, work / "batch", files * cells_per_file, batch=True, workers=workers)
+    _log_run(batch, log)
+    if not settings.keep_outputs:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "inputs": {"big": {"path": str(big_path), "cells": settings.cells, "generation_seconds": None if big_generated is None else round(big_generated, 1)},
+                   "batch": {"folder": str(folder), "files": files, "cells_per_file": cells_per_file, "generation_seconds": batch_generated}},
+        "big": big,
+        "batch": batch,
+        "batch_over_big_cells_per_second": round(batch["cells_per_second"] / big["cells_per_second"], 3),
+    }
+    result["targets"] = judge_batch(result)
+    info["load_average_at_end"] = load_average()
+    return {"kind": "batch", "command": command, "settings": settings.describe(), "workers": workers, "machine": info,
+            "seconds": round(time.perf_counter() - started, 1), "result": result}

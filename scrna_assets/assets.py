@@ -134,7 +134,7 @@ def parquet_chunks(
                 dict(zip(hgnc_mapper["ensembl_gene_id"], hgnc_mapper["symbol"])),
                 settings.chunk_size,
                 settings.top_genes,
-                settings.compression,
+                settings.interim_compression,
                 settings.matrix,
                 seed=settings.seed,
                 tie_break=settings.tie_break,
@@ -175,7 +175,7 @@ def aged_chunks(context: AssetExecutionContext, settings: PipelineSettings, parq
         started = time.perf_counter()
         with _staging(layout, AGED_CHUNKS, dataset) as staging:
             result = add_ages(
-                parquet_chunks / "chunks", staging / "chunks", settings.compression, progress=chunk_reporter(AGED_CHUNKS, context.log.info)
+                parquet_chunks / "chunks", staging / "chunks", settings.interim_compression, progress=chunk_reporter(AGED_CHUNKS, context.log.info)
             )
             record = read_provenance(parquet_chunks) or {}
             record.setdefault("figures", {}).update(

@@ -76,13 +76,9 @@ def expected_output_provenance(source: Path, settings: PipelineSettings, hgnc_di
     }
 
 
-def record_check(folder: Path, check: str, passed: bool, severity: str) -> None:
-    """Add one check's outcome to the published folder's ``checks.json``."""
-    try:
-        record = json.loads((folder / CHECKS_FILE).read_text())
-    except (OSError, ValueError):
-        record = {}
-    record[check] = {"passed": passed, "severity": severity}
+def record_checks(folder: Path, outcomes: dict[str, tuple[bool, str]]) -> None:
+    """Write the checks' outcomes (name -> (passed, severity)) into the published folder's ``checks.json``."""
+    record = {name: {"passed": passed, "severity": severity} for name, (passed, severity) in outcomes.items()}
     write_bytes_atomic(folder / CHECKS_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 

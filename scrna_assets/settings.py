@@ -49,8 +49,13 @@ class Settings(BaseModel):
     chunk_size: Annotated[int, Field(ge=1, description="Cells per chunk (bounds memory)."), Role((CONVERSION,))] = 10_000
     top_genes: Annotated[int, Field(ge=0, description="Genes per cell sentence; 0 = all expressed genes."), Role((CONVERSION,))] = 2000
     compression: Annotated[
-        Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"], Field(description="Parquet codec."), Role((CONVERSION,))
+        Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"], Field(description="Parquet codec of the output files."), Role((SPLIT,))
     ] = "zstd"
+    interim_compression: Annotated[
+        Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"],
+        Field(description="Parquet codec of the interim chunks, which live until the split has read them (unless --keep-interim)."),
+        Role(),
+    ] = "lz4"
     matrix: Annotated[
         Literal["auto", "raw.X", "counts", "X"],
         Field(description="Count matrix: auto (raw.X, then layers['counts'], then X), raw.X, counts or X."), Role((CONVERSION,)),
@@ -78,6 +83,7 @@ class Settings(BaseModel):
     ] = "other"
     hgnc_file: Annotated[Optional[str], Field(description="Local HGNC complete set (TSV or parquet)."), Role()] = None
     offline: Annotated[bool, Field(description="Never download the HGNC table."), Role()] = False
+    workers: Annotated[int, Field(ge=0, description="Datasets processed at once in a batch, each in its own process; 0 = one per core (a file of more than one chunk counts as two), as many as memory holds."), Role()] = 0
     keep_interim: Annotated[bool, Field(description="Keep interim chunks after a successful split."), Role()] = False
     repo_id: Annotated[Optional[str], Field(description="HuggingFace dataset repository (batch: <repo-id>-<name>)."), Role()] = None
     private: Annotated[bool, Field(description="Create repositories private (--public: public)."), Role()] = True

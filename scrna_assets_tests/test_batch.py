@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import anndata
@@ -243,3 +245,55 @@ def test_a_token_saved_by_hf_auth_login_is_accepted_and_never_copied(batch_folde
     assert sorted(hub.repo("lab/cells").files) == ["README.md", "test/chunks/chunk_0000.parquet", "train/chunks/chunk_0000.parquet"]
     written = [p for p in batch_folder.parent.rglob("*") if p.is_file() and p.parent != home]
     assert all(TOKEN.encode() not in p.read_bytes() for p in written)
+
+
+def _run_windows(dagster_home: Path, names: list[str], monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float]]:
+    """(start, end) of each dataset's Dagster run, from the instance the command used (its
+    dagster.yaml names its folder as DAGSTER_HOME, as every Dagster process that reads it has it)."""
+    from dagster import DagsterInstance, RunsFilter
+
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        return [
+            (record.start_time, record.end_time)
+            for name in names
+            for record in instance.get_run_records(RunsFilter(tags={"dagster/partition": name}))
+        ]
+
+
+@pytest.mark.parametrize(("chunk_size", "at_once"), [(10_000, True), (1_000, False)])
+def test_two_workers_overlap_one_chunk_files_only_and_print_one_file_at_a_time(
+    tmp_path: Path, example_files, monkeypatch: pytest.MonkeyPatch, chunk_size: int, at_once: bool
+) -> None:
+    """The real `preprocess --workers 2` (which forks its dataset processes from itself): the
+    example (3,000 cells) is one chunk at the default size, so two datasets run at once (their
+    Dagster runs overlap); at --chunk-size 1000 it is three chunks, which a dataset converts on
+    both cores, so the runs follow one another. Either way each file's lines come out whole, in
+    file order."""
+    from scrna_assets.steps import BY_NUMBER
+
+    names = ["a", "b", "c"]
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(example_files[0], folder / f"{name}.h5ad")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SCRNA_", "DAGSTER_HOME", "HF_"))}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "preprocess"), "run-all", str(folder), "--batch-mode", "--hgnc-file", str(example_files[1]),
+         "--workers", "2", "--chunk-size", str(chunk_size)],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = [line for line in result.stdout.splitlines() if line.startswith(("PROCESSING FILE", "STEP ", "✓ Step", "Cleanup"))]
+    expected = [f"STEP 1: {BY_NUMBER[1].title}", "✓ Step 1 complete"]
+    for index, name in enumerate(names, start=1):
+        expected.append(f"PROCESSING FILE {index}/3: {name}")
+        for step in (2, 3, 4, 5):
+            expected += [f"STEP {step}: {BY_NUMBER[step].title}", f"✓ Step {step} complete"]
+            if step == 4:
+                expected.append(f"Cleanup: interim chunks of {name} removed")
+    assert shown == expected
+    windows = _run_windows(tmp_path / ".dagster", names, monkeypatch)
+    assert len(windows) == 3
+    overlaps = [a_end > b_start for (_, a_end), (b_start, _) in zip(windows, windows[1:])]
+    assert any(overlaps) if at_once else not any(overlaps), windows

@@ -7,24 +7,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import build_asset_check_context
 
 from scrna_assets import checks
-from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.runner import StepResult
 from scrna_assets.worker import outcome as dataset_outcome
 from scrna_assets_tests.test_assets import EXAMPLE, run
 
 
 def run_checks(settings, folder: Path) -> dict[str, bool]:
-    """Every check, invoked directly on a (possibly tampered) published folder."""
-    context = build_asset_check_context()
-    results = {}
-    for check in ALL_CHECKS:
-        takes_settings = check in (checks.chunk_files_readable, checks.share_of_cells_with_age, checks.empty_sentence_share)
-        arguments = [context, folder] + ([settings] if takes_settings else [])
-        results[next(iter(check.check_specs)).name] = check(*arguments).passed
-    return results
+    """Every check, evaluated directly on a (possibly tampered) published folder."""
+    return {name: result.passed for name, result in checks.evaluate(folder, settings).items()}
 
 
 @pytest.fixture
@@ -97,7 +89,7 @@ def test_cell_mode_makes_the_donor_check_a_warning(example_files, make_settings,
     assert split.figures["split_note"] == note
     outcome = dataset_outcome(EXAMPLE, h5ad, results)
     assert (outcome.status, outcome.message) == ("SUCCESS", f"{note}; check warnings: no_donor_in_both_splits")
-    check = checks.no_donor_in_both_splits(build_asset_check_context(), Path(settings.output_dir) / EXAMPLE)
+    check = checks.evaluate(Path(settings.output_dir) / EXAMPLE, settings)["no_donor_in_both_splits"]
     assert (check.passed, check.severity.value, check.metadata["note"].value) == (False, "WARN", note)
 
 
@@ -136,5 +128,5 @@ def test_cell_split_with_age_ranges_meets_its_contract_by_bounds(example_files, 
     assert split.checks["test_share_within_contract"] == "PASSED"
     assert split.figures["cells_kept_by_age_bounds"] == split.figures["train_cells"] + split.figures["test_cells"] - results[2].figures["cells_with_age"]
     published = Path(settings.output_dir) / EXAMPLE
-    check = checks.test_share_within_contract(build_asset_check_context(), published)
+    check = checks.evaluate(published, settings)["test_share_within_contract"]
     assert check.passed and check.metadata["expected_test_cells"].value == split.figures["test_cells"]

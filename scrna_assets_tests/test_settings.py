@@ -17,14 +17,15 @@ from scrna_assets.settings import CONVERSION, SPLIT, Settings, SettingsError, en
 # A value other than the default for each field, as an environment variable would hold it.
 OTHER_VALUES = {
     "input_dir": "in", "interim_dir": "mid", "output_dir": "out", "log_dir": "journal", "chunk_size": "7", "top_genes": "9",
-    "compression": "lz4", "matrix": "X", "tie_break": "position", "seed": "3", "test_size": "0.25", "split_by": "cell",
+    "compression": "lz4", "interim_compression": "zstd", "matrix": "X", "tie_break": "position", "seed": "3", "test_size": "0.25", "split_by": "cell",
     "include_age_ranges": "true", "primary_only": "1", "skip_train_test_split": "yes", "license": "cc0-1.0",
     "hgnc_file": "hgnc.tsv", "offline": "true", "keep_interim": "true", "repo_id": "lab/cells", "private": "false",
     "repo_per_dataset": "true", "sensor_interval": "5", "sensor_settle_seconds": "2.5", "min_age_share": "0.9", "max_empty_share": "0.2",
+    "workers": "3",
 }
 OUTPUT_AFFECTING = {
-    CONVERSION: {"chunk_size", "top_genes", "compression", "matrix", "tie_break", "seed"},
-    SPLIT: {"seed", "test_size", "split_by", "include_age_ranges", "primary_only", "skip_train_test_split", "license"},
+    CONVERSION: {"chunk_size", "top_genes", "matrix", "tie_break", "seed"},
+    SPLIT: {"compression", "seed", "test_size", "split_by", "include_age_ranges", "primary_only", "skip_train_test_split", "license"},
 }
 
 
@@ -53,7 +54,7 @@ def test_every_option_setting_is_in_help_with_its_variable_and_the_others_are_no
 def test_provenance_records_exactly_the_settings_that_change_outputs() -> None:
     settings = Settings()
     assert {step: set(settings.parameters(step)) for step in OUTPUT_AFFECTING} == OUTPUT_AFFECTING
-    roots_and_secrets = {"input_dir", "interim_dir", "output_dir", "log_dir", "repo_id", "hgnc_file", "sensor_interval"}
+    roots_and_secrets = {"input_dir", "interim_dir", "output_dir", "log_dir", "repo_id", "hgnc_file", "sensor_interval", "workers", "interim_compression"}
     assert not roots_and_secrets & {name for step in OUTPUT_AFFECTING for name in settings.parameters(step)}
 
 

@@ -94,7 +94,8 @@ def convert_h5ad(
     pseudo-random permutation that is a pure function of (``seed``, ``dataset``, cell id, gene
     token) (``sentences.cell_tie_keys``); ``"position"``: by var position.
 
-    ``progress(cells_done, cells_total)``, if given, is called once per chunk handed to the
+    ``progress(cells_done, cells_total)``, if given, is called with ``(0, n_obs)`` once the file is
+    open (so a batch knows the file's size before the work starts), once per chunk handed to the
     writer, and the last call, ``(n_obs, n_obs)``, only once every file is on disk (so a 0-cell
     input gives one call, ``(0, 0)``). It changes nothing in the output."""
     if tie_break not in TIE_BREAKS:
@@ -107,6 +108,8 @@ def convert_h5ad(
         vocabulary = pa.array(tokens.vocabulary, type=pa.string())
         names = output_column_names(source.obs.columns)
         facts = source.uns_facts()
+        if progress is not None and source.n_obs:
+            progress(0, source.n_obs)
         empty = 0
         # sentence buffers kept for reuse: one per writer thread. A third chunk alive at once (the
         # one being built while two are written) gets a fresh buffer: keeping three costs ~130 MB

@@ -535,8 +535,8 @@ def test_organism_labels_are_the_ontology_s() -> None:
 
 @pytest.mark.parametrize("fmt", factory.MATRIX_FORMATS)
 def test_progress_is_called_once_per_chunk_and_changes_no_byte(tmp_path: Path, fmt: str) -> None:
-    """23 cells in chunks of 5: (5, 23), (10, 23), ..., (23, 23); the last call comes once every
-    file is on disk, and the files are byte-identical to a run without the callback."""
+    """23 cells in chunks of 5: (0, 23) once the file is open (a batch learns the size from it),
+    then (5, 23), (10, 23), ..., (23, 23); the last call comes once every file is on disk, and the files are byte-identical to a run without the callback."""
     path = factory.write_random(tmp_path / "r.h5ad", fmt, n_obs=23)
     calls: list[tuple[int, int]] = []
     on_disk: list[int] = []
@@ -547,18 +547,18 @@ def test_progress_is_called_once_per_chunk_and_changes_no_byte(tmp_path: Path, f
 
     with_progress = run(path, tmp_path / "with", chunk_size=5, progress=progress)
     without = run(path, tmp_path / "without", chunk_size=5)
-    assert calls == [(5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
-    assert on_disk[-1] == 5
+    assert calls == [(0, 23), (5, 23), (10, 23), (15, 23), (20, 23), (23, 23)]
+    assert on_disk[0] == 0 and on_disk[-1] == 5
     assert [p.name for p in with_progress.chunk_files] == [p.name for p in without.chunk_files]
     for a, b in zip(with_progress.chunk_files, without.chunk_files):
         assert a.read_bytes() == b.read_bytes()
 
 
 def test_progress_of_an_exact_multiple_and_of_zero_cells(tmp_path: Path) -> None:
-    """7 cells in chunks of 7: one call; a 0-cell input: one call, (0, 0)."""
+    """7 cells in chunks of 7: the start and the end; a 0-cell input: one call, (0, 0)."""
     calls: list[tuple[int, int]] = []
     run(factory.write_counts(tmp_path / "c.h5ad"), tmp_path / "out", chunk_size=7, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(7, 7)]
+    assert calls == [(0, 7), (7, 7)]
     calls.clear()
     run(factory.write_zero_cells(tmp_path / "zero.h5ad"), tmp_path / "zero", progress=lambda d, t: calls.append((d, t)))
     assert calls == [(0, 0)]
