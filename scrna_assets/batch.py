@@ -19,6 +19,7 @@ dataset's lines reach the reporter whole and in file order (``OrderedRelay``).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import multiprocessing
 import multiprocessing.context
@@ -111,6 +112,7 @@ class Batch:
     def start(self, task: DatasetTask, reporter: Reporter) -> _Process:
         receiver, sender = self.processes.Pipe(duplex=False)
         process = self.processes.Process(target=run_task, args=(task, sender), name=f"scrna-{task.dataset or 'hgnc'}")
+        gc.freeze()  # the child's collector then skips the parent's objects instead of touching (copying) their pages
         process.start()
         sender.close()  # the child's end: end of file on the pipe once the child is gone
         return _Process(task, process, receiver, reporter)

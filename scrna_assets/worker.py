@@ -67,8 +67,8 @@ class DatasetTask:
 
     @property
     def layout(self) -> DatasetLayout:
-        s = self.settings
-        return DatasetLayout.from_roots(s.interim_dir, s.output_dir, s.log_dir)
+        values = self.setting_values
+        return DatasetLayout.from_roots(values["interim_dir"], values["output_dir"], values["log_dir"])
 
 
 def run_task(task: DatasetTask, pipe: Connection) -> None:
@@ -135,13 +135,14 @@ def process_dataset(task: DatasetTask, send: Send, instance: DagsterInstance) ->
 
 
 def _run(task: DatasetTask, source: Path | None, layout: DatasetLayout, send: Send, instance: DagsterInstance) -> DatasetOutcome:
-    runner = PipelineRunner(task.settings, instance, task.debug)
+    settings = task.settings  # made once: a resource takes ~15 ms to build
+    runner = PipelineRunner(settings, instance, task.debug)
     runner.register(task.dataset)
     full = task.steps == DATASET_STEPS
 
     def on_step(step: int, result: StepResult | None) -> None:
         send("step", step, result)
-        if full and result is not None and result.success and step == 4 and not task.settings.keep_interim:
+        if full and result is not None and result.success and step == 4 and not settings.keep_interim:
             send("note", f"Cleanup: interim chunks of {task.dataset} removed")
 
     results = runner.run_steps(

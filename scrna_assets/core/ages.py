@@ -168,7 +168,7 @@ def parse_age_years(label: str | None) -> float | None:
 
 
 @lru_cache(maxsize=1)
-def _ontology_parser():  # imported lazily: loading the ontology costs time only when needed
+def ontology_parser():  # imported lazily (a dataset process inherits it from the warm start)
     from cellxgene_ontology_guide.ontology_parser import OntologyParser
 
     return OntologyParser()
@@ -177,7 +177,7 @@ def _ontology_parser():  # imported lazily: loading the ontology costs time only
 def _current_term(term_id: str) -> str | None:
     """``term_id`` itself, or for a deprecated term its ``replaced_by`` (followed to the end);
     None for an id the ontology does not know."""
-    parser = _ontology_parser()
+    parser = ontology_parser()
     seen = {term_id}
     try:
         while (replacement := parser.get_term_replacement(term_id)) and replacement not in seen:
@@ -195,7 +195,7 @@ def term_label(term_id: str | None) -> str | None:
     if not isinstance(term_id, str) or not term_id.strip():
         return None
     try:
-        return _ontology_parser().get_term_label(term_id.strip())
+        return ontology_parser().get_term_label(term_id.strip())
     except (KeyError, ValueError):
         return None
 
@@ -226,7 +226,7 @@ def _term_stage(term_id: str) -> tuple[StageAge, str] | None:
     current = _current_term(term_id)
     if current is None:
         return None
-    parser = _ontology_parser()
+    parser = ontology_parser()
     label = parser.get_term_label(current)
     stage = parse_stage_text(label)
     if _gives_nothing(stage) or (stage.kind == NEWBORN and stage.age_max is None):
@@ -268,5 +268,5 @@ def stage_age(label: object, term_id: object = None) -> StageAge:
 
 def clear_caches() -> None:
     """Forget parsed stages and the loaded ontology (tests that swap the ontology parser)."""
-    for cached in (_parse_text, term_label, _term_stage, _resolve, _ontology_parser):
+    for cached in (_parse_text, term_label, _term_stage, _resolve, ontology_parser):
         cached.cache_clear()

@@ -10,6 +10,8 @@ import pandas as pd
 
 ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 ENSEMBL_ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl_gene_id")
+WHITESPACE = re.compile(r"\s")
+"""Any character ``str.isspace`` calls whitespace (``re``'s ``\\s`` for str patterns): a token with one is no token."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,20 @@ def assign_gene_tokens(var: pd.DataFrame, ensembl_to_symbol: dict[str, str]) -> 
     token_index = np.full(len(index), -1, dtype=np.int32)
     mapped = fallback = dropped = duplicates = 0
     for row, (var_id, name, alt_id) in enumerate(zip(index, names, alt_ids)):
-        candidates = [_strip_version(i) for i in (var_id, alt_id) if is_ensembl_id(i)]
-        symbol = next((ensembl_to_symbol[i] for i in candidates if i in ensembl_to_symbol), "")
+        var_id_is_ensembl = is_ensembl_id(var_id)
+        symbol = ""
+        for candidate, candidate_is_ensembl in ((var_id, var_id_is_ensembl), (alt_id, alt_id and is_ensembl_id(alt_id))):
+            if candidate_is_ensembl and _strip_version(candidate) in ensembl_to_symbol:
+                symbol = ensembl_to_symbol[_strip_version(candidate)]
+                break
         token, via_hgnc = "", False
         if symbol:
             token, via_hgnc = symbol, True
         elif name and not is_ensembl_id(name):
             token = name
-        elif var_id and not is_ensembl_id(var_id):
+        elif var_id and not var_id_is_ensembl:
             token = var_id
-        if not token or any(ch.isspace() for ch in token):
+        if not token or WHITESPACE.search(token):
             dropped += 1
             continue
         if token in seen:

@@ -230,7 +230,7 @@ class FakeParser:
 @pytest.fixture
 def fake_ontology(monkeypatch: pytest.MonkeyPatch):
     ages.clear_caches()
-    monkeypatch.setattr(ages, "_ontology_parser", FakeParser)
+    monkeypatch.setattr(ages, "ontology_parser", FakeParser)
     yield
     monkeypatch.undo()
     ages.clear_caches()
