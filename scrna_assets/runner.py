@@ -31,6 +31,8 @@ from dagster import (
     logger,
 )
 
+from dagster._core.instance.ref import InstanceRef  # how DagsterInstance.get() builds one, with overrides
+
 from scrna_assets.checks import ALL_CHECKS
 from scrna_assets.core.atomic_files import write_bytes_atomic
 from scrna_assets.assets import ALL_ASSETS
@@ -64,11 +66,18 @@ event_log_storage:
     base_dir:
       env: DAGSTER_HOME
 """
+CLI_INSTANCE_OVERRIDES = {
+    "compute_logs": {"module": "dagster._core.storage.noop_compute_log_manager", "class": "NoOpComputeLogManager"}
+}
+"""The CLI's runs do not capture their steps' stdout and stderr into files (about 0.15 s a run): the
+assets log through Dagster, and anything a library prints goes to the terminal that started them.
+Runs from the UI, the sensor and `dagster job execute` keep the instance's own setting."""
 _INSTANCES: dict[str, DagsterInstance] = {}
 
 
 def cli_instance() -> DagsterInstance:
-    """The instance from ``DAGSTER_HOME``, or a persistent ``./.dagster`` (SQLite) when unset.
+    """The instance from ``DAGSTER_HOME``, or a persistent ``./.dagster`` (SQLite) when unset, with
+    ``CLI_INSTANCE_OVERRIDES``.
 
     One instance per home and process, made once: a dataset process forked from the batch parent
     inherits the parent's (Dagster's SQL storages hold no open connection between calls)."""
@@ -81,7 +90,12 @@ def cli_instance() -> DagsterInstance:
         os.environ["DAGSTER_HOME"] = str(home)
     home = os.environ["DAGSTER_HOME"]
     if home not in _INSTANCES:
-        _INSTANCES[home] = DagsterInstance.get()
+        if os.path.isabs(home) and os.path.isdir(home):
+            instance = DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=CLI_INSTANCE_OVERRIDES))
+            instance.compute_log_manager  # noqa: B018  (made on first use: here, not in every dataset process)
+            _INSTANCES[home] = instance
+        else:
+            _INSTANCES[home] = DagsterInstance.get()  # Dagster's own message for a bad DAGSTER_HOME
     return _INSTANCES[home]
 
 

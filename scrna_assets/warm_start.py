@@ -13,7 +13,6 @@ IMPORTED_DURING_A_RUN = (
     "dagster._core.execution.plan.active",
     "dagster._core.executor.in_process",
     "dagster._core.instance.runs.run_domain",
-    "dagster._core.storage.local_compute_log_manager",
     "dagster._core.system_config.composite_descent",
     "pyarrow.dataset",  # pyarrow.parquet.read_table's reader: four shared libraries to load and relocate
     "pyarrow.pandas_compat",
