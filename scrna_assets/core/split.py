@@ -32,11 +32,11 @@ PRIMARY_COLUMN = "is_primary_data"
 SPLIT_MODES = ("auto", "donor", "cell")
 CELL_MODE_NOTE = "split by cell: cells of one donor may be in both splits"
 NOTHING_TO_TRAIN_ON = "no cell has an age: nothing to train on"
-# Background threads encoding files (zstd is most of the split's work), per side. Two: the split of
-# 100,000 cells took 5.14 s against 7.11 s with one (median of 3 alternating runs each) for ~230 MB
-# more, within the 1.5 GB bound now that the interim chunks are lz4 and the bound is the process
-# tree's PSS.
-WRITER_THREADS = 2
+# Background threads encoding files (zstd is most of the split's work), per side. One: a second
+# train thread made the split of 100,000 cells take 5.14 s instead of 7.11 s (median of 3 alternating
+# runs each), but on 1,000,000 cells it took the split's peak to 1,546 MB PSS over the process tree
+# (1,803 MB summed RSS), past the 1.5 GB bound.
+WRITER_THREADS = 1
 
 
 @dataclass(frozen=True)
