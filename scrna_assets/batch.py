@@ -100,13 +100,16 @@ class Batch:
         self.reporter = reporter
         self.debug = debug
         self.workers = workers
+        self._jobs_built: set[tuple[int, ...]] = set()
         self.instance = cli_instance()
         for run_id in fail_dead_runs(self.instance):
             reporter.note(f"Marked run {run_id} failed: its process is gone")
 
     def task(self, dataset: str, path: Path | None, steps: tuple[int, ...], **options: object) -> DatasetTask:
         task = DatasetTask.of(self.settings, dataset, path, steps, debug=self.debug, **options)
-        steps_job(task.settings, steps)  # built here once, inherited by every forked dataset process
+        if steps not in self._jobs_built:  # built here once, inherited by every forked dataset process
+            steps_job(task.settings, steps)
+            self._jobs_built.add(steps)
         return task
 
     def start(self, task: DatasetTask, reporter: Reporter) -> _Process:

@@ -230,6 +230,7 @@ def _progress_logger(_init_context: Any) -> logging.Logger:
 
 
 _JOBS: dict[tuple[str, tuple[int, ...]], JobDefinition] = {}
+KEPT_JOBS = 8
 
 
 def steps_job(settings: PipelineSettings, steps: tuple[int, ...]) -> JobDefinition:
@@ -243,6 +244,8 @@ def steps_job(settings: PipelineSettings, steps: tuple[int, ...]) -> JobDefiniti
             resources=build_resources(settings),
             loggers={"console": colored_console_logger, "progress": _progress_logger},
         )
+        if len(_JOBS) >= KEPT_JOBS:  # a long-lived caller (a notebook, the tests) keeps the latest few
+            _JOBS.pop(next(iter(_JOBS)))
         _JOBS[key] = definitions.resolve_job_def(CLI_JOB)
     return _JOBS[key]
 
