@@ -11,10 +11,12 @@ started for the purpose, which costs one Python start-up per caller, not per dat
 the parent's memory stays flat however many datasets the batch holds.
 
 Up to ``--workers`` cores' worth of datasets run at once (``Batch.cost``): a one-chunk file, most
-of a public corpus, keeps about one core busy, so two run side by side on two cores; a larger
-file (or one whose size is not known yet) counts as two and runs alone there. The parent builds the
-Dagster job and instance before forking, so a dataset process starts its run at once. Each
-dataset's lines reach the reporter whole and in file order (``OrderedRelay``).
+of a public corpus, keeps about one core busy, so two run side by side on two cores; a larger file
+counts as two. Each dataset process reads its input's size from the header and waits for the
+parent's go-ahead before its run (``Batch.let_run``), so on two cores a large file runs alone and
+two large files never hold memory at once. The CLI's parent builds the Dagster job and instance
+before forking, so a dataset process starts its run at once. Each dataset's lines reach the
+reporter whole and in file order (``OrderedRelay``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,11 @@ from scrna_assets.dataset_names import dataset_name
 from scrna_assets.resources import PipelineSettings
 from scrna_assets.run_liveness import fail_dead_runs, mark_run_failed
 from scrna_assets.runner import StepResult, cli_instance, steps_job
-from scrna_assets.steps import BY_NUMBER, DATASET_STEPS, PARQUET_CHUNKS
+from scrna_assets.steps import BY_NUMBER, DATASET_STEPS
 from scrna_assets.summary import FAILED, DatasetOutcome
 from scrna_assets.worker import DatasetTask, discard_partial, run_task
 
 WARM_START = "scrna_assets.warm_start"
-CONVERSION_STEP = next(number for number, step in BY_NUMBER.items() if step.asset == PARQUET_CHUNKS)
 WORKER_MEMORY_BYTES = 1.5e9
 
 
@@ -83,10 +84,14 @@ class _Process:
     reporter: Reporter
     started: float = field(default_factory=time.perf_counter)
     cells: int | None = None
-    """Cells of the input, once the conversion has opened it."""
+    """Cells of the input, once the process has read them from its header."""
     done: object | None = None
     running: int | None = None
     last: int | None = None
+    waiting: bool = False
+    """It has sent its size and waits for the go-ahead."""
+    let: bool = False
+    """It has had the go-ahead."""
 
 
 class Batch:
@@ -96,6 +101,7 @@ class Batch:
         self, settings: PipelineSettings, reporter: Reporter, debug: bool = False, fork_here: bool = False, workers: int = 1
     ) -> None:
         self.processes = _process_context(fork_here)
+        self.fork_here = fork_here
         self.settings = settings
         self.reporter = reporter
         self.debug = debug
@@ -113,12 +119,15 @@ class Batch:
         return task
 
     def start(self, task: DatasetTask, reporter: Reporter) -> _Process:
-        receiver, sender = self.processes.Pipe(duplex=False)
-        process = self.processes.Process(target=run_task, args=(task, sender), name=f"scrna-{task.dataset or 'hgnc'}")
-        gc.freeze()  # the child's collector then skips the parent's objects instead of touching (copying) their pages
+        ours, theirs = self.processes.Pipe()
+        process = self.processes.Process(target=run_task, args=(task, theirs), name=f"scrna-{task.dataset or 'hgnc'}")
+        if self.fork_here:
+            gc.freeze()  # the child's collector then skips the parent's objects instead of touching (copying) their pages
         process.start()
-        sender.close()  # the child's end: end of file on the pipe once the child is gone
-        return _Process(task, process, receiver, reporter)
+        if self.fork_here:
+            gc.unfreeze()  # the child keeps its own frozen copy; the parent collects as before
+        theirs.close()  # the child's end: end of file on the pipe once the child is gone
+        return _Process(task, process, ours, reporter)
 
     @staticmethod
     def receive(running: _Process) -> bool:
@@ -130,13 +139,13 @@ class Batch:
             running.receiver.close()
             return False
         kind, *rest = message
-        if kind == "step":
+        if kind == "size":
+            running.cells, running.waiting = rest[0], True
+        elif kind == "step":
             running.running = rest[0] if rest[1] is None else None
             running.last = rest[0]
             running.reporter.step(*rest)
         elif kind == "progress":
-            if rest[0] == CONVERSION_STEP:
-                running.cells = rest[2]
             running.reporter.progress(*rest)
         elif kind == "note":
             running.reporter.note(rest[0])
@@ -145,10 +154,22 @@ class Batch:
         return True
 
     def cost(self, running: _Process) -> int:
-        """Cores a dataset process keeps busy: a file of one chunk about one; a file of more chunks
-        two (it converts and encodes on two threads, and holds the most memory), and so does a file
-        whose size is not known yet, so two large files never run at once."""
-        return 1 if running.cells is not None and running.cells <= self.settings.chunk_size else 2
+        """Cores a dataset process keeps busy: a file of more than one chunk two (it converts and
+        encodes on two threads, and holds the most memory); a one-chunk file, or one whose size is
+        not known (yet), about one."""
+        return 2 if running.cells is not None and running.cells > self.settings.chunk_size else 1
+
+    def let_run(self, processes: list[_Process]) -> None:
+        """Give the go-ahead to each process waiting with its size when its cost fits beside the
+        processes already let run: on two cores, a file larger than one chunk waits until it is alone."""
+        for waiting in (p for p in processes if p.waiting):
+            busy = sum(self.cost(p) for p in processes if p.let and p is not waiting)
+            if busy + self.cost(waiting) <= self.workers or busy == 0:
+                waiting.waiting, waiting.let = False, True
+                try:
+                    waiting.receiver.send("go")
+                except OSError:  # it has just died: its end of file comes next
+                    pass
 
     def crashed(self, running: _Process) -> StepResult:
         """The record after a dataset process died: its Dagster run marked failed at once, its
@@ -189,22 +210,33 @@ class Batch:
         return outcome
 
     def datasets(self, tasks: list[DatasetTask], relay: OrderedRelay, channels: list[Reporter]) -> list[DatasetOutcome]:
-        """Every task in its own process, up to ``workers`` cores' worth at once (``cost``); each
-        reports through its channel of the relay, so the output stays one dataset at a time."""
+        """Every task in its own process, up to ``workers`` cores' worth at once (``cost``, ``let_run``);
+        each reports through its channel of the relay, so the output stays one dataset at a time.
+        If this parent fails (a reporter that cannot print, Ctrl-C), the running processes are
+        stopped and every line kept so far is printed before the error goes on."""
         waiting = list(zip(tasks, channels))
         running: dict[Connection, _Process] = {}
         outcomes: dict[str, DatasetOutcome] = {}
-        while waiting or running:
-            while waiting and (not running or sum(map(self.cost, running.values())) < self.workers):
-                task, channel = waiting.pop(0)
-                started = self.start(task, channel)
-                running[started.receiver] = started
-            for receiver in wait(list(running)):
-                process = running[receiver]
-                if not self.receive(process):
-                    del running[receiver]
-                    outcomes[process.task.run_id] = self.outcome(process)
-                    relay.close(process.reporter)
+        try:
+            while waiting or running:
+                # a new process only while none waits for its turn and the known costs leave a core
+                while waiting and not any(p.waiting for p in running.values()) and sum(map(self.cost, running.values())) < self.workers:
+                    task, channel = waiting.pop(0)
+                    started = self.start(task, channel)
+                    running[started.receiver] = started
+                for receiver in wait(list(running)):
+                    process = running[receiver]
+                    if not self.receive(process):
+                        del running[receiver]
+                        outcomes[process.task.run_id] = self.outcome(process)
+                        relay.close(process.reporter)
+                self.let_run(list(running.values()))
+        except BaseException:
+            for process in running.values():
+                process.process.terminate()
+                process.process.join()
+            relay.flush()
+            raise
         return [outcomes[task.run_id] for task in tasks]
 
 
@@ -221,6 +253,12 @@ class OrderedRelay:
         channel = _Channel(self.reporter, live=not self.channels)
         self.channels.append(channel)
         return channel
+
+    def flush(self) -> None:
+        """Print every line kept so far (the batch is ending early)."""
+        for channel in self.channels:
+            channel.go_live()
+        self.channels = []
 
     def close(self, channel: Reporter) -> None:
         assert isinstance(channel, _Channel)

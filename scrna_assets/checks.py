@@ -3,6 +3,8 @@
 The five checks are evaluated by one op (``split_checks``) that reads the output's facts once: five
 ops cost five Dagster steps' worth of run events per dataset (~0.3 s a file on SQLite) and read the
 same parquet footers five times. Each check keeps its own name, severity and blocking flag in the UI.
+If the output cannot be read at all, the op fails with no result recorded: the split step is then
+reported failed, and ``--skip-existing`` and the sensor treat the output as not up to date.
 """
 
 import warnings

@@ -235,7 +235,8 @@ KEPT_JOBS = 8
 
 def steps_job(settings: PipelineSettings, steps: tuple[int, ...]) -> JobDefinition:
     """The job of these steps' assets (and their checks) on these settings, built once per process:
-    the batch parent builds it before forking, so no dataset process rebuilds definitions."""
+    the CLI's batch parent builds it before forking, so the dataset processes it forks do not
+    rebuild definitions (a forkserver's children, in tests and notebooks, build their own)."""
     key = (settings.model_dump_json(), steps)
     if key not in _JOBS:
         definitions = Definitions(

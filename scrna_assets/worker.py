@@ -1,9 +1,10 @@
 """What runs in a dataset's own process: the dataset's lock, the up-to-date test, one Dagster run
 of its steps, and the cleanup after a failure, all under that lock.
 
-The process is forked by ``batch`` and talks back over a pipe: ("step", n, result or None) as
-steps start and end, ("note", line), and finally ("done", outcome). If it dies before "done",
-the batch parent knows the dataset crashed.
+The process is forked by ``batch`` and talks with it over a pipe: ("size", cells) before the run,
+after which it waits for the parent's go-ahead; ("step", n, result or None) as steps start and end,
+("progress", ...), ("note", line), and finally ("done", outcome). If it dies before "done", the
+batch parent knows the dataset crashed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dagster import AssetCheckSeverity, DagsterInstance
 
 from scrna_assets.checks import BLOCKING_CHECKS
 from scrna_assets.core.errors import InputError
+from scrna_assets.core.h5ad_reader import H5adSource
 from scrna_assets.dataset_lock import DatasetBusyError
 from scrna_assets.inputs import readable_input
 from scrna_assets.layout import DatasetLayout
@@ -35,8 +37,8 @@ from scrna_assets.summary import FAILED, SKIPPED, SUCCESS, DatasetOutcome
 READ_ENVIRONMENT_AT_IMPORT = ("huggingface_hub.constants",)
 """Modules that read the environment (HF_ENDPOINT, HF_HUB_OFFLINE...) once, when imported."""
 Send = Callable[..., None]
-"""Passes one message to the batch parent: ("step", n, result or None), ("progress", n, done, total),
-("note", line) or ("done", outcome)."""
+"""Passes one message to the batch parent: ("size", cells or None), ("step", n, result or None),
+("progress", n, done, total), ("note", line) or ("done", outcome)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def run_task(task: DatasetTask, pipe: Connection) -> None:
 
     try:
         instance = cli_instance()
-        done = hgnc_step(task, send, instance) if task.steps == (1,) else process_dataset(task, send, instance)
+        done = hgnc_step(task, send, instance) if task.steps == (1,) else process_dataset(task, send, instance, lambda: pipe.recv())
     except Exception as error:  # a bug of ours: one line in the summary, the trace for --debug
         if task.debug:
             traceback.print_exc()
@@ -116,9 +118,12 @@ def _failed(task: DatasetTask, message: str) -> DatasetOutcome:
     return DatasetOutcome(task.dataset, str(task.path), FAILED, message)
 
 
-def process_dataset(task: DatasetTask, send: Send, instance: DagsterInstance) -> DatasetOutcome:
+def process_dataset(task: DatasetTask, send: Send, instance: DagsterInstance, wait_turn: Callable[[], object] | None = None) -> DatasetOutcome:
     """Steps 2-5 (or one step) of one dataset, holding its lock from the first check to the last
-    deletion; a run that cannot have the lock does nothing else."""
+    deletion; a run that cannot have the lock does nothing else. With ``wait_turn``, the input's
+    size goes to the batch parent first, as ("size", cells or None), and the run starts when
+    ``wait_turn`` returns: a batch runs a file larger than one chunk only when the cores and the
+    memory are free for it."""
     layout, first = task.layout, task.steps[0]
     try:
         source = readable_input(task.path) if task.path is not None else None
@@ -128,10 +133,25 @@ def process_dataset(task: DatasetTask, send: Send, instance: DagsterInstance) ->
                 if reason is None:
                     send("note", f"SKIPPED {task.dataset}: outputs are up to date")
                     return DatasetOutcome(task.dataset, str(source), SKIPPED, "outputs up to date (same input file and parameters)")
+            if wait_turn is not None:
+                send("size", input_cells(source, task.setting_values["matrix"]))
+                wait_turn()
             return _run(task, source, layout, send, instance)
     except (InputError, DatasetBusyError) as error:
         send("step", first, StepResult(first, BY_NUMBER[first].asset, False, str(error)))
         return _failed(task, f"step {first} ({BY_NUMBER[first].asset}): {error}")
+
+
+def input_cells(path: Path | None, matrix: str) -> int | None:
+    """The input's cells, from its header (a few ms); None when it cannot be read, which the run
+    itself then reports."""
+    if path is None:
+        return None
+    try:
+        with H5adSource(path, matrix) as source:
+            return source.n_obs
+    except Exception:
+        return None
 
 
 def _run(task: DatasetTask, source: Path | None, layout: DatasetLayout, send: Send, instance: DagsterInstance) -> DatasetOutcome:

@@ -297,3 +297,24 @@ def test_two_workers_overlap_one_chunk_files_only_and_print_one_file_at_a_time(
     assert len(windows) == 3
     overlaps = [a_end > b_start for (_, a_end), (b_start, _) in zip(windows, windows[1:])]
     assert any(overlaps) if at_once else not any(overlaps), windows
+
+
+def test_a_file_larger_than_one_chunk_waits_until_it_runs_alone(tmp_path: Path, example_files, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 2 --chunk-size 1000 over a 1,000-cell file, the 3,000-cell example and another
+    1,000-cell file: the example's process reads its size, waits until the first file's run has
+    ended, and no run starts beside it."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    example = anndata.read_h5ad(example_files[0])
+    for name in ("a_small", "c_small"):
+        example[:1000].copy().write_h5ad(folder / f"{name}.h5ad")  # one chunk exactly
+    shutil.copy(example_files[0], folder / "b_large.h5ad")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SCRNA_", "DAGSTER_HOME", "HF_"))}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "preprocess"), "run-all", str(folder), "--batch-mode", "--hgnc-file", str(example_files[1]),
+         "--workers", "2", "--chunk-size", "1000"],
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (a_start, a_end), (b_start, b_end), (c_start, c_end) = _run_windows(tmp_path / ".dagster", ["a_small", "b_large", "c_small"], monkeypatch)
+    assert a_end <= b_start and b_end <= c_start, [(a_start, a_end), (b_start, b_end), (c_start, c_end)]

@@ -95,7 +95,7 @@ def convert_h5ad(
     token) (``sentences.cell_tie_keys``); ``"position"``: by var position.
 
     ``progress(cells_done, cells_total)``, if given, is called with ``(0, n_obs)`` once the file is
-    open (so a batch knows the file's size before the work starts), once per chunk handed to the
+    open (so a progress bar knows the total before the first chunk), once per chunk handed to the
     writer, and the last call, ``(n_obs, n_obs)``, only once every file is on disk (so a 0-cell
     input gives one call, ``(0, 0)``). It changes nothing in the output."""
     if tie_break not in TIE_BREAKS:
